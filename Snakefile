@@ -1,0 +1,27 @@
+# Dynamical regimes of diffusion models over a grid of (n, d).
+# Stages: data -> theory -> sample -> metrics -> summary -> reports (workflow/rules/*.smk).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# A --configfile on the command line replaces the default config instead of merging into it
+# (a paper-scale grid must not inherit the default datasets).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/index.html",

@@ -1,0 +1,13 @@
+"""Rule `data`: draw the training and held-out sets of one (dataset, d, n, seed) cell."""
+
+from diffregimes import data, store
+from diffregimes.joblog import start_log
+
+w = snakemake.wildcards  # noqa: F821 (injected by Snakemake)
+log = start_log(snakemake.log[0], "data")  # noqa: F821
+spec = snakemake.params.spec  # noqa: F821
+log.info("drawing %s (%s): d=%s n=%s seed=%s", w.dataset, spec["kind"], w.d, w.n, w.seed)
+train, test = data.make_synthetic(spec, w.dataset, int(w.d), int(w.n), int(w.seed))
+store.write(train, snakemake.output.train)  # noqa: F821
+store.write(test, snakemake.output.test)  # noqa: F821
+log.info("wrote %d training and %d held-out points", train.sizes["item"], test.sizes["item"])

@@ -1,0 +1,24 @@
+"""Rule `metrics`: every per-run metric (speciation, collapse, memorisation) of one run."""
+
+import torch
+
+from diffregimes import measure, store
+from diffregimes.joblog import Timer, start_log
+from diffregimes.seeds import job_seed
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+w = sm.wildcards
+log = start_log(sm.log[0], "metrics")
+torch.set_num_threads(sm.threads)
+
+traj = store.open_store(sm.input.trajectories)
+train = store.open_store(sm.input.train)
+theory = store.open_store(sm.input.theory)
+seed = job_seed("metrics", w.dataset, w.d, w.n, w.seed, w.score)
+with Timer(log, f"metrics, job seed {seed}"):
+    ds = measure.run_metrics(traj, train, theory, sm.params.metrics, seed)
+log.info(
+    "t_S measured %.4g (theory %.4g), t_C measured %.4g (theory %.4g), f_mem %.3f",
+    ds.t_S_measured, ds.t_S_theory, ds.t_C_measured, ds.t_C_theory, ds.f_mem,
+)
+store.write(ds, sm.output[0])

@@ -1,0 +1,21 @@
+"""Rule `theory`: spectrum, Λ, t_S and the excess entropy f^e(t) of one training set."""
+
+import torch
+
+from diffregimes import measure, process, store
+from diffregimes.joblog import Timer, start_log
+from diffregimes.seeds import job_seed
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+w, p = sm.wildcards, sm.params
+log = start_log(sm.log[0], "theory")
+torch.set_num_threads(sm.threads)
+
+train = store.open_store(sm.input.train)
+grid, keep = process.grid_from_settings(p.time)
+seed = job_seed("theory", w.dataset, w.d, w.n, w.seed)
+with Timer(log, f"theory and f^e, job seed {seed}"):
+    ds = measure.theory_store(train, grid[keep], p.entropy_samples, seed, p.budget)
+ds.attrs.update(dataset=w.dataset, d=int(w.d), n=int(w.n), seed=int(w.seed))
+log.info("Λ = %.4g, t_S = %.4g, t_C = %.4g", ds.Lambda, ds.t_S_theory, ds.t_C_theory)
+store.write(ds, sm.output[0])

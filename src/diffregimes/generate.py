@@ -1,0 +1,108 @@
+"""The sampling stage: backward trajectories and clones from one score, as an xarray Dataset.
+
+Trajectories start from x_T ~ N(0, I) and follow the configured sampler down the time grid; the
+states at the saved times are kept. Clones (the paper's speciation protocol) restart copies of
+the first `pairs` trajectories at each clone time with independent noise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import xarray as xr
+
+from . import process, samplers
+from .scores import EmpiricalScore, GaussianScore, GMMScore
+
+log = logging.getLogger(__name__)
+EXACT_SCORES = ("population", "empirical")
+
+
+def build_score(score: str, train: xr.Dataset, budget_bytes: int, device, dtype=torch.float32):
+    """The score named `score` for the training store `train` (population or empirical)."""
+    if score == "empirical":
+        x = torch.as_tensor(train["x"].values, dtype=dtype, device=device)
+        return EmpiricalScore(x, budget_bytes)
+    if score != "population":
+        raise ValueError(f"score {score!r}: exact scores are {EXACT_SCORES}")
+    kind, d = train.attrs["kind"], train.sizes["feature"]
+    if kind == "gmm":
+        m = torch.as_tensor(train["m"].values, dtype=dtype, device=device)
+        return GMMScore(m, train.attrs["law_sigma"])
+    if kind == "gaussian":
+        from .data import gaussian_spectrum
+
+        lam = gaussian_spectrum(d, train.attrs["law_lambda_max"], train.attrs["law_decay"])
+        eye = torch.eye(d, dtype=dtype, device=device)
+        lam = torch.as_tensor(lam, dtype=dtype, device=device)
+        return GaussianScore(torch.zeros(d, dtype=dtype, device=device), lam, eye)
+    raise ValueError(f"no population score is known for dataset kind {kind!r}")
+
+
+def sample_trajectories(
+    score_fn,
+    d: int,
+    time_cfg: dict,
+    sampler_cfg: dict,
+    clone_cfg: dict,
+    seed: int,
+    device=torch.device("cpu"),
+    progress=None,
+) -> xr.Dataset:
+    """Run the sampler and the clones; return the trajectory store's Dataset.
+
+    `progress(n_steps)` is called as integration steps complete (for a progress bar)."""
+    grid, keep = process.grid_from_settings(time_cfg)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    name = sampler_cfg["name"]
+    x_T = samplers.prior_sample(sampler_cfg["samples"], d, gen, device=device)
+    clone_sampler = name if name in samplers.STOCHASTIC else "euler_maruyama"
+    pairs = min(clone_cfg["pairs"], sampler_cfg["samples"])
+    idx = process.clone_indices(grid, clone_cfg["times"], clone_cfg["t_lo"], time_cfg["T"])
+    # One pass saves both the stored times and the clone branch points.
+    union = np.union1d(keep, idx)
+    log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(grid) - 1)
+    _, states = samplers.sample(score_fn, x_T, grid, name, gen, save_idx=union, callback=progress)
+    traj = states[np.searchsorted(union, keep)]
+
+    clones = []
+    for j, k in enumerate(idx):
+        log.info("cloning %d pairs at t = %.4g (%d/%d)", pairs, grid[k], j + 1, len(idx))
+        start = states[np.searchsorted(union, k), :pairs].to(device)
+        ends = samplers.clone(score_fn, start, grid, int(k), clone_sampler, gen, callback=progress)
+        clones.append(ends.float().cpu())
+    x_clone = torch.stack(clones).permute(0, 2, 1, 3)  # (clone_time, pair, copy, feature)
+
+    ds = xr.Dataset(
+        {
+            "x": (("sample", "time", "feature"), traj.permute(1, 0, 2).numpy()),
+            "x_clone": (("clone_time", "pair", "copy", "feature"), x_clone.numpy()),
+        },
+        coords={
+            "sample": np.arange(len(x_T)),
+            "time": grid[keep],
+            "feature": np.arange(d),
+            "clone_time": grid[idx],
+            "pair": np.arange(pairs),
+            "copy": np.arange(2),
+        },
+    )
+    ds["time"].attrs["description"] = "OU time t, descending from T to t_min"
+    ds["clone_time"].attrs["description"] = "OU time at which pairs of clones branch"
+    ds.attrs.update(
+        sampler=name,
+        clone_sampler=clone_sampler,
+        seed_job=int(seed),
+        device=str(device),
+        settings={"time": time_cfg, "sampler": sampler_cfg, "cloning": clone_cfg},
+    )
+    return ds
+
+
+def planned_steps(time_cfg: dict, clone_cfg: dict) -> int:
+    """Integration steps one sampling job takes (main run plus every clone run), for a bar."""
+    grid, _ = process.grid_from_settings(time_cfg)
+    idx = process.clone_indices(grid, clone_cfg["times"], clone_cfg["t_lo"], time_cfg["T"])
+    return (len(grid) - 1) + int(sum(len(grid) - 1 - k for k in idx))

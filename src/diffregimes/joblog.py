@@ -1,0 +1,43 @@
+"""Logging for workflow jobs: every job logs what it does, long work shows a progress bar."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from tqdm import tqdm
+
+
+def start_log(path: str, stage: str) -> logging.Logger:
+    """Send this job's log records and Python warnings to `path` (the rule's `log:` file)."""
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    log = logging.getLogger(f"diffregimes.{stage}")
+    log.info("python %s", sys.version.split()[0])
+    return log
+
+
+def progress_bar(total: int, desc: str, log_path: str | None = None):
+    """A tqdm bar written into the job's log file (updated at most every 2 s)."""
+    stream = open(log_path, "a") if log_path else sys.stderr  # noqa: SIM115 (closed by tqdm)
+    return tqdm(total=total, desc=desc, file=stream, mininterval=2.0, ascii=True)
+
+
+class Timer:
+    """Context manager that logs the wall time of a block."""
+
+    def __init__(self, log: logging.Logger, what: str):
+        self.log, self.what = log, what
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.log.info("%s ...", self.what)
+        return self
+
+    def __exit__(self, *exc):
+        self.log.info("%s: done in %.2f s", self.what, time.perf_counter() - self.start)

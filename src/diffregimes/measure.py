@@ -1,0 +1,235 @@
+"""The measurement stages: theory of a training set, metrics of a run, the grid summary.
+
+`theory_store` depends only on the training set and the time grid (spectrum, Λ, t_S, f^e(t),
+f(t), t_C): it is computed once per data cell and shared by every score of that cell.
+`run_metrics` adds what the trajectories show (φ, t̂_C, collapse, φ_C, d₁/d₂, f_mem) and joins
+both into the per-run metrics store whose variable names are the contract of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import xarray as xr
+
+from . import metrics, theory
+from .data import gaussian_spectrum, population_top_eigenvalue
+from .neighbours import nearest
+
+log = logging.getLogger(__name__)
+
+NOT_APPLICABLE_NO_CLASSES = "the data have no classes (a single Gaussian law): φ is undefined"
+
+
+def _law(train: xr.Dataset) -> dict:
+    return {k.removeprefix("law_"): v for k, v in train.attrs.items() if k.startswith("law_")}
+
+
+def theory_store(
+    train: xr.Dataset,
+    times: np.ndarray,
+    entropy_samples: int,
+    seed: int,
+    budget_bytes: int,
+    device=torch.device("cpu"),
+) -> xr.Dataset:
+    """Spectrum, Λ, t_S and the excess entropy (theory and Monte Carlo f^e) at `times`."""
+    x = train["x"].values.astype(np.float64)
+    n, d = x.shape
+    law = _law(train)
+    alpha = math.log(n) / d
+    eig = theory.covariance_spectrum(x)
+    lam = float(eig[0])
+    lam_pop = population_top_eigenvalue(law, d)
+
+    if law["kind"] == "gmm":
+        f_theory = theory.excess_entropy_gmm(times, alpha, law["sigma"])
+        t_c = theory.collapse_time_gmm(n, d, law["sigma"])
+        t_c_how = "GMM closed form ½ log(1 + σ²/(n^{2/d} − 1))"
+    else:
+        pop = gaussian_spectrum(d, law["lambda_max"], law["decay"])
+        f_theory = theory.excess_entropy_spectrum(times, alpha, pop, d)
+        fine = np.geomspace(1e-4, 20.0, 4000)
+        t_c = theory.collapse_time_from_curve(fine, theory.excess_entropy_spectrum(
+            fine, alpha, pop, d, clip=False))
+        t_c_how = "zero of the Gaussian-spectrum f(t) of the law's covariance"
+    f_spectrum = theory.excess_entropy_spectrum(times, alpha, eig, d)
+
+    log.info("f^e Monte Carlo: %d samples at %d times, n=%d, d=%d", entropy_samples,
+             len(times), n, d)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    a = torch.as_tensor(x, dtype=torch.float64, device=device)
+    f_e, f_e_se = metrics.excess_entropy_empirical(a, times, entropy_samples, gen, budget_bytes)
+
+    ds = xr.Dataset(
+        {
+            "eigenvalue": (("component",), eig),
+            "f_excess": (("time",), f_e),
+            "f_excess_se": (("time",), f_e_se),
+            "f_theory": (("time",), f_theory),
+            "f_spectrum": (("time",), f_spectrum),
+            "Lambda": lam,
+            "Lambda_population": lam_pop,
+            "alpha": alpha,
+            "t_S_theory": theory.speciation_time(lam),
+            "t_C_theory": t_c,
+            "t_C_entropy": theory.collapse_time_from_curve(times, f_e),
+        },
+        coords={"time": times, "component": np.arange(len(eig))},
+    )
+    ds["eigenvalue"].attrs["description"] = "covariance spectrum of the centred training data"
+    ds["f_excess"].attrs["description"] = "Monte Carlo excess entropy f^e(t) of the training set"
+    ds["f_theory"].attrs["description"] = "excess entropy f(t) of the law (clipped at 0)"
+    ds["f_spectrum"].attrs["description"] = "Gaussian-spectrum f(t) from the training covariance"
+    ds["Lambda"].attrs.update(
+        description="top eigenvalue of the covariance of the centred training data",
+        convention=train.attrs.get("preprocessing", ""),
+    )
+    ds["Lambda_population"].attrs["description"] = "top eigenvalue of the law's covariance"
+    ds["t_S_theory"].attrs["description"] = "½ log Λ"
+    ds["t_C_theory"].attrs["description"] = t_c_how
+    ds["t_C_entropy"].attrs["description"] = "zero crossing of the measured f^e(t)"
+    ds["alpha"].attrs["description"] = "ln(n)/d"
+    ds.attrs.update(entropy_samples=int(entropy_samples), seed_job=int(seed))
+    return ds
+
+
+def _classify(train: xr.Dataset, x: torch.Tensor):
+    """Class of generated points: sign(m·x) for the GMM (SCIENCE.md §3); None without classes."""
+    if "m" not in train:
+        return None
+    m = torch.as_tensor(train["m"].values, dtype=x.dtype)
+    return (x @ m > 0).long()
+
+
+def run_metrics(
+    traj: xr.Dataset,
+    train: xr.Dataset,
+    theory_ds: xr.Dataset,
+    cfg: dict,
+    seed: int,
+    device=torch.device("cpu"),
+) -> xr.Dataset:
+    """Every per-run metric of DESIGN.md from a trajectory store and its training set."""
+    rng = np.random.default_rng(seed)
+    budget = int(cfg["memory_budget_mb"] * 2**20)
+    a = torch.as_tensor(train["x"].values, dtype=torch.float32, device=device)
+    times = traj["time"].values
+    if not np.allclose(times, theory_ds["time"].values, rtol=1e-12, atol=0):
+        raise ValueError("trajectory and theory stores have different time grids: rerun both")
+    x = torch.as_tensor(traj["x"].values, device=device)  # (sample, time, feature)
+    t_min = float(times[-1])
+
+    # Collapse: nearest training point a^μ e^{−t} at every saved time (float64 refinement).
+    log.info("nearest neighbours of %d samples at %d times", x.shape[0], len(times))
+    nn_index = torch.stack([
+        nearest(x[:, k], a * math.exp(-float(t)), k=1, budget_bytes=budget)[1][:, 0]
+        for k, t in enumerate(times)
+    ], dim=1).cpu().numpy()
+    t_collapse = metrics.collapse_times(nn_index, times)
+
+    # Memorisation of the end points: d₁/d₂ against the training set itself.
+    dist, _ = nearest(x[:, -1], a, k=2, budget_bytes=budget)
+    nn_ratio = metrics.memorisation_ratio(dist[:, 0].cpu(), dist[:, 1].cpu())
+    f_mem, f_mem_lo, f_mem_hi = metrics.memorised_fraction(
+        nn_ratio, cfg["memorisation_threshold"], cfg["bootstrap"], rng)
+
+    # Clones: same class (φ) and same nearest training point (φ_C).
+    xc = torch.as_tensor(traj["x_clone"].values, device=device)  # (clone_time, pair, copy, f)
+    ct, pairs = xc.shape[:2]
+    flat = xc.reshape(-1, xc.shape[-1])
+    _, cidx = nearest(flat, a * math.exp(-t_min), k=1, budget_bytes=budget)
+    cidx = cidx[:, 0].reshape(ct, pairs, 2).cpu().numpy()
+    phi_train, phi_train_se = metrics.same_nearest_fraction(cidx[..., 0], cidx[..., 1])
+    clone_times = traj["clone_time"].values
+
+    labels = _classify(train, flat.cpu())
+    law = _law(train)
+    if labels is not None:
+        labels = labels.reshape(ct, pairs, 2).numpy()
+        phi, phi_se = metrics.same_class_fraction(labels[..., 0], labels[..., 1])
+        same = labels[..., 0] == labels[..., 1]
+        t_s, t_s_se = metrics.speciation_time_bootstrap(clone_times, same, cfg["bootstrap"], rng)
+        mu_sq = float((train["m"].values ** 2).sum())
+        phi_theory = theory.phi_gmm_time(clone_times, mu_sq, law["sigma"])
+    else:
+        phi = phi_se = phi_theory = np.full(ct, np.nan)
+        t_s = t_s_se = float("nan")
+
+    ds = xr.Dataset(
+        {
+            "phi_class": (("clone_time",), phi),
+            "phi_class_se": (("clone_time",), phi_se),
+            "phi_theory": (("clone_time",), phi_theory),
+            "phi_train": (("clone_time",), phi_train),
+            "phi_train_se": (("clone_time",), phi_train_se),
+            "collapse_fraction": (("time",), metrics.collapse_fraction(t_collapse, times)),
+            "t_collapse": (("sample",), t_collapse),
+            "nn_ratio": (("sample",), nn_ratio),
+            "t_S_measured": t_s,
+            "t_S_measured_se": t_s_se,
+            "t_C_measured": float(np.mean(t_collapse)),
+            "t_C_measured_se": float(np.std(t_collapse, ddof=1) / np.sqrt(len(t_collapse))),
+            "f_mem": f_mem,
+            "f_mem_ci_low": f_mem_lo,
+            "f_mem_ci_high": f_mem_hi,
+        },
+        coords={
+            "clone_time": clone_times,
+            "time": times,
+            "sample": traj["sample"].values,
+        },
+    )
+    for name in ("f_excess", "f_excess_se", "f_theory", "f_spectrum", "Lambda",
+                 "Lambda_population", "alpha", "t_S_theory", "t_C_theory", "t_C_entropy"):
+        ds[name] = theory_ds[name]
+    if labels is None:
+        for name in ("phi_class", "phi_class_se", "phi_theory", "t_S_measured",
+                     "t_S_measured_se"):
+            ds[name].attrs["not_applicable"] = NOT_APPLICABLE_NO_CLASSES
+    _describe(ds)
+    ds.attrs.update(traj.attrs)
+    ds.attrs.update(
+        metrics_settings=cfg, seed_metrics=int(seed), theory_seed_job=theory_ds.attrs["seed_job"]
+    )
+    return ds
+
+
+def _describe(ds: xr.Dataset):
+    text = {
+        "phi_class": "P(two clones branched at t end in the same class)",
+        "phi_class_se": "binomial standard error of phi_class",
+        "phi_theory": "GMM closed form of φ(t) (SCIENCE.md §3)",
+        "phi_train": "P(two clones end at the same nearest training point), φ_C",
+        "collapse_fraction": "fraction of trajectories already collapsed at t",
+        "t_collapse": "t̂_C: largest saved t after which the nearest training point never changes",
+        "nn_ratio": "d₁/d₂ of the end point to the training set (unsquared)",
+        "t_S_measured": "largest t where φ crosses 0.7752, with bootstrap SE",
+        "t_C_measured": "mean of t̂_C over trajectories",
+        "f_mem": "fraction of end points with d₁/d₂ < threshold (bootstrap CI)",
+    }
+    for name, desc in text.items():
+        ds[name].attrs["description"] = desc
+
+
+RUN_KEYS = ("dataset", "d", "n", "seed", "score")
+
+
+def stack_summary(stores: list[xr.Dataset]) -> xr.Dataset:
+    """Stack per-run metrics stores along `run`, with the run's keys as coordinates."""
+    parts = []
+    for ds in stores:
+        keys = {k: ds.attrs[k] for k in RUN_KEYS}
+        keys["sampler"] = ds.attrs.get("sampler", "")
+        part = ds.drop_attrs(deep=False).expand_dims(run=1)
+        parts.append(part.assign_coords({k: ("run", [v]) for k, v in keys.items()}))
+    out = xr.concat(parts, dim="run", join="outer", combine_attrs="drop_conflicts",
+                    data_vars="all", coords="different", compat="equals")
+    for key in ("dataset", "score", "sampler"):
+        out[key] = out[key].astype(object)
+    out = out.assign_coords(run=np.arange(out.sizes["run"]))
+    out.attrs["description"] = "every per-run metric, stacked over runs (dataset, d, n, seed, score)"
+    return out

@@ -1,0 +1,136 @@
+"""One kernel for distances between a batch of points and all n training points.
+
+The empirical score, log P_t^e and nearest neighbours all reduce to a matrix product x·cᵀ over
+chunks of the n centres c_μ (training points, possibly scaled by e^{−t}), followed by an online
+softmax, log-sum-exp or top-k over μ. Memory is bounded by a byte budget whatever n is: the
+(batch × chunk) block of logits is the only thing that grows.
+
+Accuracy: −‖x − c_μ‖²/(2Δ) = −‖x‖²/(2Δ) + (x·c_μ − ½‖c_μ‖²)/Δ. The first term does not depend on
+μ, so it cancels in every softmax and is added back analytically (in the input dtype's
+precision, once per row) in the log-sum-exp. We never form ‖x‖² − 2x·c + ‖c‖² and subtract,
+which loses all digits when Δ is small and x sits next to a centre; the μ-dependent part keeps
+its relative precision. Neighbours are refined by recomputing exact differences for the
+candidates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+DEFAULT_BUDGET_BYTES = 256 * 2**20
+
+
+def chunk_sizes(batch: int, n: int, budget_bytes: int, itemsize: int, per_entry: int = 3):
+    """(batch chunk, centre chunk) so that `per_entry` (batch × chunk) blocks fit the budget."""
+    entries = max(1, budget_bytes // (itemsize * per_entry))
+    b = max(1, min(batch, 1024))
+    c = max(1, min(n, entries // b))
+    if c < 64 and n > c:  # tiny budgets: trade batch rows for centres
+        b = max(1, entries // min(n, 64))
+        c = max(1, min(n, entries // b))
+    return b, c
+
+
+def _affinity(x, c, c_half_sq):
+    """x·cᵀ − ½‖c‖², the μ-dependent part of −‖x − c‖²/2."""
+    return x @ c.T - c_half_sq
+
+
+def softmax_mean(
+    x: torch.Tensor,
+    centres: torch.Tensor,
+    delta: float,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+):
+    """Σ_μ w_μ c_μ with w = softmax_μ(−‖x − c_μ‖²/(2Δ)), for each row of x.
+
+    Online (streaming) softmax over chunks of centres (Milakov & Gimelshein 2018): a running
+    maximum m, normaliser S and weighted sum W are rescaled by e^{m_old − m_new} per chunk."""
+    batch, _ = x.shape
+    n = centres.shape[0]
+    bs, cs = chunk_sizes(batch, n, budget_bytes, x.element_size())
+    out = torch.empty_like(x)
+    inv = 1.0 / delta
+    for i in range(0, batch, bs):
+        xb = x[i : i + bs]
+        m = torch.full((xb.shape[0], 1), -math.inf, dtype=x.dtype, device=x.device)
+        s = torch.zeros_like(m)
+        w = torch.zeros_like(xb)
+        for j in range(0, n, cs):
+            c = centres[j : j + cs]
+            logits = _affinity(xb, c, 0.5 * (c * c).sum(1)) * inv
+            m_new = torch.maximum(m, logits.amax(1, keepdim=True))
+            rescale = torch.exp(m - m_new)
+            p = torch.exp(logits - m_new)
+            s = s * rescale + p.sum(1, keepdim=True)
+            w = w * rescale + p @ c
+            m = m_new
+        out[i : i + bs] = w / s
+    return out
+
+
+def log_partition(
+    x: torch.Tensor,
+    centres: torch.Tensor,
+    delta: float,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+):
+    """log Σ_μ exp(−‖x − c_μ‖²/(2Δ)) per row of x, in the dtype of x (use float64 for f^e)."""
+    batch, _ = x.shape
+    n = centres.shape[0]
+    bs, cs = chunk_sizes(batch, n, budget_bytes, x.element_size(), per_entry=2)
+    out = torch.empty(batch, dtype=x.dtype, device=x.device)
+    inv = 1.0 / delta
+    for i in range(0, batch, bs):
+        xb = x[i : i + bs]
+        m = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
+        s = torch.zeros_like(m)
+        for j in range(0, n, cs):
+            c = centres[j : j + cs]
+            logits = _affinity(xb, c, 0.5 * (c * c).sum(1)) * inv
+            m_new = torch.maximum(m, logits.amax(1))
+            s = s * torch.exp(m - m_new) + torch.exp(logits - m_new[:, None]).sum(1)
+            m = m_new
+        out[i : i + bs] = m + torch.log(s) - 0.5 * (xb * xb).sum(1) * inv
+    return out
+
+
+def nearest(
+    x: torch.Tensor,
+    centres: torch.Tensor,
+    k: int = 2,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    refine: int = 4,
+):
+    """Exact k nearest centres of each row of x: (distances (batch, k) unsquared, indices).
+
+    Candidates come from the expanded form in the input dtype (top k + `refine` per row, kept
+    across chunks); their distances are then recomputed in float64 by direct differences and
+    re-sorted, so ties and round-off of the expansion cannot swap the order."""
+    batch, _ = x.shape
+    n = centres.shape[0]
+    k = min(k, n)
+    kc = min(n, k + refine)
+    bs, cs = chunk_sizes(batch, n, budget_bytes, x.element_size(), per_entry=2)
+    dist = torch.empty(batch, k, dtype=torch.float64, device=x.device)
+    index = torch.empty(batch, k, dtype=torch.long, device=x.device)
+    for i in range(0, batch, bs):
+        xb = x[i : i + bs]
+        best_val = torch.full((xb.shape[0], 0), -math.inf, dtype=x.dtype, device=x.device)
+        best_idx = torch.zeros((xb.shape[0], 0), dtype=torch.long, device=x.device)
+        for j in range(0, n, cs):
+            c = centres[j : j + cs]
+            aff = _affinity(xb, c, 0.5 * (c * c).sum(1))  # larger = nearer
+            val, idx = aff.topk(min(kc, c.shape[0]), dim=1)
+            best_val = torch.cat([best_val, val], 1)
+            best_idx = torch.cat([best_idx, idx + j], 1)
+            best_val, keep = best_val.topk(min(kc, best_val.shape[1]), dim=1)
+            best_idx = best_idx.gather(1, keep)
+        diff = xb.double()[:, None, :] - centres.double()[best_idx]
+        d2 = (diff * diff).sum(-1)
+        d2, order = d2.sort(dim=1, stable=True)
+        dist[i : i + bs] = d2[:, :k].sqrt()
+        index[i : i + bs] = best_idx.gather(1, order)[:, :k]
+    return dist, index

@@ -1,0 +1,141 @@
+"""The forward Ornstein–Uhlenbeck process, its DDPM dictionary and the time grids.
+
+Convention (SCIENCE.md §1, the paper's eq. 1): dx = −x dt + dB with noise variance 2 dt, so
+x(t) = a e^{−t} + √Δ_t z with Δ_t = 1 − e^{−2t}. Every time stored anywhere is this OU time t
+(float64). A DDPM schedule maps onto it through ᾱ_k = e^{−2 t_k}.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+SPACINGS = ("log_snr", "log", "linear", "ddpm_linear", "ddpm_cosine")
+
+
+def delta(t):
+    """Δ_t = 1 − e^{−2t}, the variance of the noise added by time t (accurate at small t)."""
+    if isinstance(t, torch.Tensor):
+        return -torch.expm1(-2.0 * t)
+    if isinstance(t, float | int):
+        return -math.expm1(-2.0 * t)
+    return -np.expm1(-2.0 * np.asarray(t, dtype=np.float64))
+
+
+def log_snr(t):
+    """Log signal-to-noise ratio λ(t) = log(e^{−2t} / Δ_t)."""
+    t = np.asarray(t, dtype=np.float64)
+    return -2.0 * t - np.log(delta(t))
+
+
+def time_from_log_snr(lam):
+    """Inverse of `log_snr`: e^{−2t} = σ(λ), so t = ½ log(1 + e^{−λ})."""
+    return 0.5 * np.logaddexp(0.0, -np.asarray(lam, dtype=np.float64))
+
+
+def forward_sample(a: torch.Tensor, t: float, generator: torch.Generator | None = None):
+    """Exact draw of x(t) given x(0) = a: a e^{−t} + √Δ_t z."""
+    z = torch.randn(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+    return a * math.exp(-t) + math.sqrt(delta(float(t))) * z
+
+
+# --- DDPM dictionary ---------------------------------------------------------------------
+
+
+def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2):
+    """Ho et al. 2020's linear β schedule (the paper's), float64."""
+    return np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
+
+
+def cosine_alphas_bar(num_steps: int = 1000, s: float = 0.008):
+    """Nichol & Dhariwal 2021, eq. 17: ᾱ_k = f(k)/f(0), f(k) = cos²((k/K + s)/(1 + s) · π/2).
+
+    β_k is clipped at 0.999 as in the paper (eq. 17 and the text after it)."""
+    k = np.arange(num_steps + 1, dtype=np.float64)
+    f = np.cos((k / num_steps + s) / (1 + s) * np.pi / 2) ** 2
+    betas = np.clip(1 - f[1:] / f[:-1], 0.0, 0.999)
+    return np.cumprod(1 - betas)
+
+
+def alphas_bar(schedule: str = "linear", num_steps: int = 1000):
+    """ᾱ_k for k = 1..K (index 0 of the array is step 1)."""
+    if schedule == "linear":
+        return np.cumprod(1 - linear_betas(num_steps))
+    if schedule == "cosine":
+        return cosine_alphas_bar(num_steps)
+    raise ValueError(f"unknown DDPM schedule {schedule!r}: use 'linear' or 'cosine'")
+
+
+def step_to_time(alpha_bar):
+    """OU time of a DDPM step: e^{−2 t_k} = ᾱ_k, t_k = −½ log ᾱ_k."""
+    return -0.5 * np.log(np.asarray(alpha_bar, dtype=np.float64))
+
+
+def time_to_step(t, alpha_bar):
+    """Nearest DDPM step index (0-based into `alpha_bar`) to OU time(s) t."""
+    tk = step_to_time(alpha_bar)
+    t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+    idx = np.searchsorted(tk, t).clip(1, len(tk) - 1)
+    nearer_left = np.abs(t - tk[idx - 1]) <= np.abs(tk[idx] - t)
+    return np.where(nearer_left, idx - 1, idx)
+
+
+# --- time grids ---------------------------------------------------------------------------
+
+
+def time_grid(T: float, t_min: float, steps: int, spacing: str = "log_snr"):
+    """Descending integration grid of `steps + 1` OU times from T to t_min (float64).
+
+    - ``log_snr``: uniform in λ(t) = log(e^{−2t}/Δ_t) (Lu et al. 2022, DPM-Solver §3.3): steps
+      are geometric near t_min, where the score varies like 1/Δ_t, and uniform in t at large t,
+      where speciation happens.
+    - ``log``: uniform in log t; ``linear``: uniform in t.
+    - ``ddpm_linear`` / ``ddpm_cosine``: `steps` equally spaced steps of the 1000-step DDPM
+      schedule, mapped to OU time by e^{−2t} = ᾱ; T and t_min are then the schedule's own.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown time spacing {spacing!r}: use one of {', '.join(SPACINGS)}")
+    if spacing.startswith("ddpm_"):
+        tk = step_to_time(alphas_bar(spacing.removeprefix("ddpm_"), 1000))
+        idx = np.unique(np.round(np.linspace(0, len(tk) - 1, steps + 1)).astype(int))
+        return tk[idx][::-1].copy()
+    if not 0 < t_min < T:
+        raise ValueError(f"time grid needs 0 < t_min < T, got t_min={t_min}, T={T}")
+    if spacing == "log_snr":
+        lam = np.linspace(log_snr(T), log_snr(t_min), steps + 1)
+        grid = time_from_log_snr(lam)
+    elif spacing == "log":
+        grid = np.geomspace(T, t_min, steps + 1)
+    else:
+        grid = np.linspace(T, t_min, steps + 1)
+    grid[0], grid[-1] = T, t_min  # exact end points despite round-off
+    return grid
+
+
+def saved_indices(num_times: int, saved: int):
+    """Indices of the grid times kept in the trajectory store: `saved` of them, evenly spread
+    over the grid (so as dense as the grid near t_min), always including both ends."""
+    saved = min(saved, num_times)
+    return np.unique(np.round(np.linspace(0, num_times - 1, saved)).astype(int))
+
+
+def clone_indices(grid, count: int, t_lo: float | None = None, t_hi: float | None = None):
+    """Indices of `count` clone times among the grid times, spread evenly in t over
+    [t_lo, t_hi] (default: the whole grid but its last point), without repeats.
+
+    Speciation is a large-t phenomenon (t_S = ½ log Λ), so clone times are spread uniformly in
+    t rather than in grid index, which crowds near t_min."""
+    grid = np.asarray(grid)
+    lo = grid[-2] if t_lo is None else t_lo
+    hi = grid[0] if t_hi is None else t_hi
+    targets = np.linspace(hi, lo, count)
+    idx = np.abs(grid[None, :-1] - targets[:, None]).argmin(axis=1)
+    return np.unique(idx)
+
+
+def grid_from_settings(time_cfg: dict):
+    """(integration grid, saved indices) from the workflow's `time` config section."""
+    grid = time_grid(time_cfg["T"], time_cfg["t_min"], time_cfg["steps"], time_cfg["spacing"])
+    return grid, saved_indices(len(grid), time_cfg["saved"])

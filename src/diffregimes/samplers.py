@@ -1,0 +1,169 @@
+"""Backward samplers as pure functions over any score (SCIENCE.md §1).
+
+Every sampler is a step function ``step(score, x, t, t_next, generator, state, last)`` that maps
+the state at OU time t to t_next < t and returns ``(x_next, state)``; `state` carries what a
+multistep method remembers. `sample` runs one over a descending grid and saves the states at
+chosen indices; `clone` restarts copies of saved states with independent noise (the paper's
+cloning protocol for speciation). The noise of the last step is always dropped (pitfall 1).
+
+In OU time the score relates to the DDPM noise prediction by ε̂ = −√Δ_t s and to the
+denoised estimate by x̂₀ = (x + Δ_t s) e^{t} (Tweedie's formula).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .process import delta
+
+Score = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _noise(x, generator):
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def _denoised(score, x, t):
+    """Tweedie: x̂₀ = (x + Δ_t s(x, t)) e^{t}."""
+    return (x + delta(t) * score(x, t)) * math.exp(t)
+
+
+def euler_maruyama(score, x, t, t_next, generator, state, last):
+    """Euler–Maruyama on the reverse SDE −dx = [x + 2 s(x, t)] dt + dB (the paper's eq. 2):
+
+    x_{t−h} = x_t + h [x_t + 2 s(x_t, t)] + √(2h) ξ."""
+    h = t - t_next
+    x_next = x + h * (x + 2 * score(x, t))
+    if not last:
+        x_next = x_next + math.sqrt(2 * h) * _noise(x, generator)
+    return x_next, state
+
+
+def ddpm_ancestral(score, x, t, t_next, generator, state, last):
+    """Ancestral sampling from the posterior q(x_{t'} | x_t, x̂₀) of Ho, Jain & Abbeel 2020,
+    eqs. (6)–(7), with ᾱ = e^{−2t}, ᾱ' = e^{−2t'} and the step's β = 1 − ᾱ/ᾱ':
+
+    mean = √ᾱ' β/(1 − ᾱ) x̂₀ + √(ᾱ/ᾱ') (1 − ᾱ')/(1 − ᾱ) x_t,  var = β (1 − ᾱ')/(1 − ᾱ)."""
+    d_t, d_next = delta(t), delta(t_next)
+    beta = -math.expm1(-2 * (t - t_next))
+    x0 = _denoised(score, x, t)
+    mean = math.exp(-t_next) * beta / d_t * x0 + math.exp(-(t - t_next)) * d_next / d_t * x
+    if last:
+        return mean, state
+    return mean + math.sqrt(beta * d_next / d_t) * _noise(x, generator), state
+
+
+def ddim(score, x, t, t_next, generator, state, last):
+    """Deterministic DDIM, η = 0 (Song, Meng & Ermon 2021, eq. 12):
+
+    x_{t'} = √ᾱ' x̂₀ + √(1 − ᾱ') ε̂, with ε̂ = −√Δ_t s(x, t)."""
+    s = score(x, t)
+    x0 = (x + delta(t) * s) * math.exp(t)
+    eps = -math.sqrt(delta(t)) * s
+    return math.exp(-t_next) * x0 + math.sqrt(delta(t_next)) * eps, state
+
+
+def heun(score, x, t, t_next, generator, state, last):
+    """Heun's second-order method on the probability-flow ODE −dx = [x + s(x, t)] dt
+    (Song et al. 2021, eq. 13, in OU form; Karras et al. 2022, Algorithm 1)."""
+    h = t - t_next
+    f = x + score(x, t)
+    x_pred = x + h * f
+    return x + 0.5 * h * (f + x_pred + score(x_pred, t_next)), state
+
+
+def dpm_solver_2m(score, x, t, t_next, generator, state, last):
+    """DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095), Algorithm 2, data prediction.
+
+    With α_t = e^{−t}, σ_t = √Δ_t, λ = log(α/σ) and h = λ' − λ:
+    x' = (σ'/σ) x − α' (e^{−h} − 1) D, D = x̂₀ on the first step, else
+    D = (1 + 1/(2r)) x̂₀ − 1/(2r) x̂₀_prev with r = h_prev/h."""
+    sig, sig_next = math.sqrt(delta(t)), math.sqrt(delta(t_next))
+    lam, lam_next = -t - math.log(sig), -t_next - math.log(sig_next)
+    h = lam_next - lam
+    x0 = _denoised(score, x, t)
+    if state is None:
+        dd = x0
+    else:
+        x0_prev, h_prev = state
+        r = h_prev / h
+        dd = (1 + 1 / (2 * r)) * x0 - x0_prev / (2 * r)
+    x_next = (sig_next / sig) * x - math.exp(-t_next) * math.expm1(-h) * dd
+    return x_next, (x0, h)
+
+
+SAMPLERS = {
+    "euler_maruyama": euler_maruyama,
+    "ddpm": ddpm_ancestral,
+    "ddim": ddim,
+    "heun": heun,
+    "dpm_solver_2m": dpm_solver_2m,
+}
+STOCHASTIC = {"euler_maruyama", "ddpm"}
+
+
+def prior_sample(batch: int, d: int, generator=None, dtype=torch.float32, device="cpu"):
+    """x_T ~ N(0, I), the stationary law of the OU process."""
+    return torch.randn(batch, d, generator=generator, dtype=dtype, device=device)
+
+
+def sample(
+    score: Score,
+    x: torch.Tensor,
+    times,
+    sampler: str = "euler_maruyama",
+    generator: torch.Generator | None = None,
+    save_idx=None,
+    callback: Callable[[int], None] | None = None,
+):
+    """Integrate from x at times[0] down the descending grid `times` to times[-1].
+
+    Returns the final state and, if `save_idx` is given, a float32 CPU tensor
+    (len(save_idx), batch, d) of the states at those grid indices. A non-finite state stops
+    the run with the time at which it appeared."""
+    step = SAMPLERS[sampler]
+    times = [float(t) for t in times]
+    saved, where = [], set() if save_idx is None else {int(i) for i in save_idx}
+    state = None
+    if 0 in where:
+        saved.append(x.float().cpu())
+    for k in range(len(times) - 1):
+        last = k == len(times) - 2
+        x, state = step(score, x, times[k], times[k + 1], generator, state, last)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                f"sampler {sampler!r} produced NaN/inf at step {k + 1} "
+                f"(t = {times[k]:.6g} → {times[k + 1]:.6g}); check the score at that time"
+            )
+        if k + 1 in where:
+            saved.append(x.float().cpu())
+        if callback is not None:
+            callback(k + 1)
+    traj = torch.stack(saved) if saved else None
+    return x, traj
+
+
+def clone(
+    score: Score,
+    start: torch.Tensor,
+    times,
+    start_index: int,
+    sampler: str = "euler_maruyama",
+    generator: torch.Generator | None = None,
+    copies: int = 2,
+    callback=None,
+):
+    """Cloning (the paper's §"Speciation"): copies of each state `start` (pairs, d) taken at
+    times[start_index] continue to times[-1] with independent noise.
+
+    Returns (copies, pairs, d). A deterministic sampler would give identical copies, so
+    callers must pass a stochastic one (see `STOCHASTIC`)."""
+    if sampler not in STOCHASTIC:
+        raise ValueError(f"cloning needs a stochastic sampler ({sorted(STOCHASTIC)}), not {sampler}")
+    pairs = start.shape[0]
+    x = start.repeat(copies, 1)
+    end, _ = sample(score, x, times[start_index:], sampler, generator, callback=callback)
+    return end.reshape(copies, pairs, -1)

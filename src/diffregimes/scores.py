@@ -1,0 +1,103 @@
+"""Score functions s(x, t) = ∇ log P_t(x) of the OU process (SCIENCE.md §2).
+
+A score is any callable ``score(x, t) -> tensor`` with x of shape (batch, d) and t a float OU
+time; samplers only ever call that. Population scores know the law exactly; the empirical score
+is that of the training set itself, the exact minimiser of the score-matching loss on finite
+data, which memorises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .neighbours import DEFAULT_BUDGET_BYTES, log_partition, softmax_mean
+from .process import delta
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class GMMScore:
+    """Two-cluster mixture P_0 = ½N(m, σ²I) + ½N(−m, σ²I) (the paper's §"Gaussian mixture").
+
+    With Γ_t = Δ_t + σ² e^{−2t}: P_t = ½N(m e^{−t}, Γ_t I) + ½N(−m e^{−t}, Γ_t I) and
+    s(x, t) = [−x + m e^{−t} tanh(e^{−t} m·x / Γ_t)] / Γ_t."""
+
+    def __init__(self, m: torch.Tensor, sigma: float):
+        self.m = m
+        self.sigma = float(sigma)
+
+    def gamma(self, t: float) -> float:
+        return delta(float(t)) + self.sigma**2 * math.exp(-2 * t)
+
+    def _field(self, x, t):
+        return math.exp(-t) * (x @ self.m) / self.gamma(t)  # e^{−t} m·x / Γ_t
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        g = self.gamma(t)
+        return (-x + math.exp(-t) * torch.tanh(self._field(x, t))[:, None] * self.m) / g
+
+    def class_posterior(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """p_+(x) = ½[1 + tanh(e^{−t} m·x / Γ_t)]."""
+        return 0.5 * (1 + torch.tanh(self._field(x, t)))
+
+    def log_density(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        g, d = self.gamma(t), x.shape[1]
+        c = self.m * math.exp(-t)
+        quad = ((x * x).sum(1) + (c * c).sum()) / (2 * g)
+        # log ½(e^{u} + e^{−u}) = logcosh(u), u = x·c/Γ
+        u = (x @ c) / g
+        logcosh = u.abs() + torch.log1p(torch.exp(-2 * u.abs())) - math.log(2)
+        return -quad + logcosh - 0.5 * d * (LOG_2PI + math.log(g))
+
+
+class GaussianScore:
+    """N(μ, C): s(x, t) = −(e^{−2t} C + Δ_t I)^{−1} (x − μ e^{−t}), through C's eigenbasis."""
+
+    def __init__(self, mean: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor):
+        self.mean, self.eigvals, self.eigvecs = mean, eigvals, eigvecs
+
+    @classmethod
+    def from_covariance(cls, mean: torch.Tensor, cov: torch.Tensor) -> GaussianScore:
+        lam, vec = torch.linalg.eigh(cov)
+        return cls(mean, lam.clamp_min(0), vec)
+
+    def _variances(self, t):
+        return math.exp(-2 * t) * self.eigvals + delta(float(t))
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        y = (x - self.mean * math.exp(-t)) @ self.eigvecs
+        return -(y / self._variances(t)) @ self.eigvecs.T
+
+    def log_density(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        v = self._variances(t)
+        y = (x - self.mean * math.exp(-t)) @ self.eigvecs
+        return -0.5 * ((y * y / v).sum(1) + torch.log(v).sum() + x.shape[1] * LOG_2PI)
+
+
+class EmpiricalScore:
+    """Score of P_t^e(x) = (1/n) Σ_μ N(x; a^μ e^{−t}, Δ_t I), the paper's eq. (3):
+
+    s^e(x, t) = (Σ_μ w_μ a^μ e^{−t} − x)/Δ_t, w = softmax_μ(−‖x − a^μ e^{−t}‖²/(2Δ_t)).
+
+    Chunked over n and over the batch by `neighbours.softmax_mean`, so memory stays within
+    `budget_bytes` whatever n is, and the softmax never overflows at small Δ_t."""
+
+    def __init__(self, train: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.train = train
+        self.budget_bytes = budget_bytes
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        dt = delta(float(t))
+        scale = math.exp(-t)
+        centres = self.train * scale
+        mean = softmax_mean(x, centres, dt, self.budget_bytes)
+        return (mean - x) / dt
+
+    def log_density(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """log P_t^e(x), in the dtype of x (pass float64 for the excess entropy)."""
+        dt, n, d = delta(float(t)), self.train.shape[0], x.shape[1]
+        centres = self.train.to(x.dtype) * math.exp(-t)
+        lse = log_partition(x, centres, dt, self.budget_bytes)
+        return lse - math.log(n) - 0.5 * d * (LOG_2PI + math.log(dt))

@@ -1,0 +1,90 @@
+# Config checks that a schema cannot express, the run table, and path helpers.
+import itertools
+
+from snakemake.exceptions import WorkflowError
+
+PKG = "src/diffregimes"
+CONDA_ENV = "../../envs/diffregimes.yaml"
+
+
+def config_error(key, message):
+    raise WorkflowError(
+        f"config key '{key}': {message} (config file: {workflow.configfiles})"
+    )
+
+
+def check_config(cfg):
+    time = cfg["time"]
+    if not time["spacing"].startswith("ddpm_") and time["t_min"] >= time["T"]:
+        config_error(
+            "time.t_min", f"t_min={time['t_min']} must be below time.T={time['T']}"
+        )
+    if cfg["cloning"]["t_lo"] >= time["T"]:
+        config_error("cloning.t_lo", f"must be below time.T={time['T']}")
+    if time["saved"] > time["steps"] + 1:
+        config_error("time.saved", f"at most time.steps + 1 = {time['steps'] + 1}")
+    if cfg["cloning"]["pairs"] > cfg["sampler"]["samples"]:
+        config_error(
+            "cloning.pairs", "at most sampler.samples (clones branch off trajectories)"
+        )
+
+
+check_config(config)
+
+
+def data_cells():
+    """Every (dataset, d, n, seed) of the grid."""
+    for name, ds in config["datasets"].items():
+        for d, n, seed in itertools.product(ds["d"], ds["n"], config["seeds"]):
+            yield dict(dataset=name, d=d, n=n, seed=seed)
+
+
+def run_table():
+    """Every run (dataset, d, n, seed, score) of the grid."""
+    for cell in data_cells():
+        for score in config["datasets"][cell["dataset"]]["scores"]:
+            yield dict(cell, score=score)
+
+
+CELL = "{dataset}/d{d}/n{n}/s{seed}"
+
+
+def train_store(w):
+    return f"results/data/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/train.zarr"
+
+
+def theory_path(w):
+    return f"results/theory/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/theory.zarr"
+
+
+def metrics_stores(wildcards=None):
+    return [
+        "results/metrics/{dataset}/d{d}/n{n}/s{seed}/{score}.zarr".format(**run)
+        for run in run_table()
+    ]
+
+
+def modules(*names):
+    """Library files a rule imports, so that editing one reruns the rule (and only it)."""
+    return [f"{PKG}/{name}.py" for name in names]
+
+
+def get_dataset(w):
+    return config["datasets"][w.dataset]
+
+
+def get_dataset_spec(w):
+    """The dataset's config entry with every default filled in."""
+    return dict(get_dataset(w))
+
+
+def budget_bytes():
+    return int(config["metrics"]["memory_budget_mb"] * 2**20)
+
+
+wildcard_constraints:
+    dataset="[A-Za-z][A-Za-z0-9_-]*",
+    d=r"\d+",
+    n=r"\d+",
+    seed=r"\d+",
+    score="[A-Za-z][A-Za-z0-9_]*",

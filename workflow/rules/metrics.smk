@@ -1,0 +1,67 @@
+# Theory of each training set, metrics of each run, and the summary over the grid.
+
+
+rule theory:
+    input:
+        train=train_store,
+        code=modules("measure", "metrics", "theory", "neighbours", "process", "data"),
+    output:
+        directory(f"results/theory/{CELL}/theory.zarr"),
+    log:
+        f"results/logs/theory/{CELL}.log",
+    benchmark:
+        f"results/benchmarks/theory/{CELL}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        time=config["time"],
+        entropy_samples=config["metrics"]["entropy_samples"],
+        budget=budget_bytes(),
+    script:
+        "../../scripts/theory.py"
+
+
+rule metrics:
+    input:
+        trajectories=f"results/trajectories/{CELL}/{{score}}.zarr",
+        train=train_store,
+        theory=theory_path,
+        code=modules("measure", "metrics", "theory", "neighbours"),
+    output:
+        directory(f"results/metrics/{CELL}/{{score}}.zarr"),
+    log:
+        f"results/logs/metrics/{CELL}/{{score}}.log",
+    benchmark:
+        f"results/benchmarks/metrics/{CELL}/{{score}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        metrics=config["metrics"],
+    script:
+        "../../scripts/metrics.py"
+
+
+rule summary:
+    input:
+        stores=metrics_stores(),
+        code=modules("measure", "store"),
+    output:
+        directory("results/summary.zarr"),
+    log:
+        "results/logs/summary.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    script:
+        "../../scripts/summary.py"

@@ -1,0 +1,29 @@
+# Backward trajectories and clones of one score on one data cell.
+
+
+rule sample:
+    input:
+        train=train_store,
+        code=modules(
+            "generate", "samplers", "scores", "neighbours", "process", "device"
+        ),
+    output:
+        directory(f"results/trajectories/{CELL}/{{score}}.zarr"),
+    log:
+        f"results/logs/sample/{CELL}/{{score}}.log",
+    benchmark:
+        f"results/benchmarks/sample/{CELL}/{{score}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        time=config["time"],
+        sampler=config["sampler"],
+        cloning=config["cloning"],
+        budget=budget_bytes(),
+    script:
+        "../../scripts/sample.py"
