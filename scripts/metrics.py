@@ -19,6 +19,10 @@ with Timer(log, f"metrics, job seed {seed}"):
     ds = measure.run_metrics(traj, train, theory, sm.params.metrics, seed)
 log.info(
     "t_S measured %.4g (theory %.4g), t_C measured %.4g (theory %.4g), f_mem %.3f",
-    ds.t_S_measured, ds.t_S_theory, ds.t_C_measured, ds.t_C_theory, ds.f_mem,
+    ds.t_S_measured,
+    ds.t_S_theory,
+    ds.t_C_measured,
+    ds.t_C_theory,
+    ds.f_mem,
 )
 store.write(ds, sm.output[0])

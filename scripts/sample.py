@@ -20,7 +20,13 @@ score = generate.build_score(w.score, train, p.budget, device)
 bar = progress_bar(generate.planned_steps(p.time, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):
     ds = generate.sample_trajectories(
-        score, int(w.d), p.time, p.sampler, p.cloning, seed, device,
+        score,
+        int(w.d),
+        p.time,
+        p.sampler,
+        p.cloning,
+        seed,
+        device,
         progress=lambda _: bar.update(),
     )
 bar.close()

@@ -15,7 +15,14 @@ train = store.open_store(sm.input.train)
 grid, keep = process.grid_from_settings(p.time)
 seed = job_seed("theory", w.dataset, w.d, w.n, w.seed)
 with Timer(log, f"theory and f^e, job seed {seed}"):
-    ds = measure.theory_store(train, grid[keep], p.entropy_samples, seed, p.budget)
+    ds = measure.theory_store(
+        train,
+        grid[keep],
+        p.entropy_samples,
+        seed,
+        p.budget,
+        entropy_fraction=p.entropy_collapse_fraction,
+    )
 ds.attrs.update(dataset=w.dataset, d=int(w.d), n=int(w.n), seed=int(w.seed))
 log.info("Λ = %.4g, t_S = %.4g, t_C = %.4g", ds.Lambda, ds.t_S_theory, ds.t_C_theory)
 store.write(ds, sm.output[0])

@@ -48,7 +48,7 @@ def sample_trajectories(
     sampler_cfg: dict,
     clone_cfg: dict,
     seed: int,
-    device=torch.device("cpu"),
+    device="cpu",
     progress=None,
 ) -> xr.Dataset:
     """Run the sampler and the clones; return the trajectory store's Dataset.

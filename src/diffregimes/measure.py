@@ -34,7 +34,8 @@ def theory_store(
     entropy_samples: int,
     seed: int,
     budget_bytes: int,
-    device=torch.device("cpu"),
+    device="cpu",
+    entropy_fraction: float = 0.1,
 ) -> xr.Dataset:
     """Spectrum, Λ, t_S and the excess entropy (theory and Monte Carlo f^e) at `times`."""
     x = train["x"].values.astype(np.float64)
@@ -53,13 +54,15 @@ def theory_store(
         pop = gaussian_spectrum(d, law["lambda_max"], law["decay"])
         f_theory = theory.excess_entropy_spectrum(times, alpha, pop, d)
         fine = np.geomspace(1e-4, 20.0, 4000)
-        t_c = theory.collapse_time_from_curve(fine, theory.excess_entropy_spectrum(
-            fine, alpha, pop, d, clip=False))
+        t_c = theory.collapse_time_from_curve(
+            fine, theory.excess_entropy_spectrum(fine, alpha, pop, d, clip=False)
+        )
         t_c_how = "zero of the Gaussian-spectrum f(t) of the law's covariance"
     f_spectrum = theory.excess_entropy_spectrum(times, alpha, eig, d)
 
-    log.info("f^e Monte Carlo: %d samples at %d times, n=%d, d=%d", entropy_samples,
-             len(times), n, d)
+    log.info(
+        "f^e Monte Carlo: %d samples at %d times, n=%d, d=%d", entropy_samples, len(times), n, d
+    )
     gen = torch.Generator(device=device).manual_seed(seed)
     a = torch.as_tensor(x, dtype=torch.float64, device=device)
     f_e, f_e_se = metrics.excess_entropy_empirical(a, times, entropy_samples, gen, budget_bytes)
@@ -76,7 +79,7 @@ def theory_store(
             "alpha": alpha,
             "t_S_theory": theory.speciation_time(lam),
             "t_C_theory": t_c,
-            "t_C_entropy": theory.collapse_time_from_curve(times, f_e),
+            "t_C_entropy": metrics.collapse_time_entropy(times, f_e, alpha, entropy_fraction),
         },
         coords={"time": times, "component": np.arange(len(eig))},
     )
@@ -91,9 +94,16 @@ def theory_store(
     ds["Lambda_population"].attrs["description"] = "top eigenvalue of the law's covariance"
     ds["t_S_theory"].attrs["description"] = "½ log Λ"
     ds["t_C_theory"].attrs["description"] = t_c_how
-    ds["t_C_entropy"].attrs["description"] = "zero crossing of the measured f^e(t)"
+    ds["t_C_entropy"].attrs["description"] = (
+        f"largest t where the measured f^e(t) falls to {entropy_fraction}·α "
+        "(finite-d crossover of the zero of f)"
+    )
     ds["alpha"].attrs["description"] = "ln(n)/d"
-    ds.attrs.update(entropy_samples=int(entropy_samples), seed_job=int(seed))
+    ds.attrs.update(
+        entropy_samples=int(entropy_samples),
+        entropy_collapse_fraction=float(entropy_fraction),
+        seed_job=int(seed),
+    )
     return ds
 
 
@@ -111,7 +121,7 @@ def run_metrics(
     theory_ds: xr.Dataset,
     cfg: dict,
     seed: int,
-    device=torch.device("cpu"),
+    device="cpu",
 ) -> xr.Dataset:
     """Every per-run metric of DESIGN.md from a trajectory store and its training set."""
     rng = np.random.default_rng(seed)
@@ -125,17 +135,25 @@ def run_metrics(
 
     # Collapse: nearest training point a^μ e^{−t} at every saved time (float64 refinement).
     log.info("nearest neighbours of %d samples at %d times", x.shape[0], len(times))
-    nn_index = torch.stack([
-        nearest(x[:, k], a * math.exp(-float(t)), k=1, budget_bytes=budget)[1][:, 0]
-        for k, t in enumerate(times)
-    ], dim=1).cpu().numpy()
+    nn_index = (
+        torch.stack(
+            [
+                nearest(x[:, k], a * math.exp(-float(t)), k=1, budget_bytes=budget)[1][:, 0]
+                for k, t in enumerate(times)
+            ],
+            dim=1,
+        )
+        .cpu()
+        .numpy()
+    )
     t_collapse = metrics.collapse_times(nn_index, times)
 
     # Memorisation of the end points: d₁/d₂ against the training set itself.
     dist, _ = nearest(x[:, -1], a, k=2, budget_bytes=budget)
     nn_ratio = metrics.memorisation_ratio(dist[:, 0].cpu(), dist[:, 1].cpu())
     f_mem, f_mem_lo, f_mem_hi = metrics.memorised_fraction(
-        nn_ratio, cfg["memorisation_threshold"], cfg["bootstrap"], rng)
+        nn_ratio, cfg["memorisation_threshold"], cfg["bootstrap"], rng
+    )
 
     # Clones: same class (φ) and same nearest training point (φ_C).
     xc = torch.as_tensor(traj["x_clone"].values, device=device)  # (clone_time, pair, copy, f)
@@ -183,12 +201,21 @@ def run_metrics(
             "sample": traj["sample"].values,
         },
     )
-    for name in ("f_excess", "f_excess_se", "f_theory", "f_spectrum", "Lambda",
-                 "Lambda_population", "alpha", "t_S_theory", "t_C_theory", "t_C_entropy"):
+    for name in (
+        "f_excess",
+        "f_excess_se",
+        "f_theory",
+        "f_spectrum",
+        "Lambda",
+        "Lambda_population",
+        "alpha",
+        "t_S_theory",
+        "t_C_theory",
+        "t_C_entropy",
+    ):
         ds[name] = theory_ds[name]
     if labels is None:
-        for name in ("phi_class", "phi_class_se", "phi_theory", "t_S_measured",
-                     "t_S_measured_se"):
+        for name in ("phi_class", "phi_class_se", "phi_theory", "t_S_measured", "t_S_measured_se"):
             ds[name].attrs["not_applicable"] = NOT_APPLICABLE_NO_CLASSES
     _describe(ds)
     ds.attrs.update(traj.attrs)
@@ -226,10 +253,19 @@ def stack_summary(stores: list[xr.Dataset]) -> xr.Dataset:
         keys["sampler"] = ds.attrs.get("sampler", "")
         part = ds.drop_attrs(deep=False).expand_dims(run=1)
         parts.append(part.assign_coords({k: ("run", [v]) for k, v in keys.items()}))
-    out = xr.concat(parts, dim="run", join="outer", combine_attrs="drop_conflicts",
-                    data_vars="all", coords="different", compat="equals")
+    out = xr.concat(
+        parts,
+        dim="run",
+        join="outer",
+        combine_attrs="drop_conflicts",
+        data_vars="all",
+        coords="different",
+        compat="equals",
+    )
     for key in ("dataset", "score", "sampler"):
         out[key] = out[key].astype(object)
     out = out.assign_coords(run=np.arange(out.sizes["run"]))
-    out.attrs["description"] = "every per-run metric, stacked over runs (dataset, d, n, seed, score)"
+    out.attrs["description"] = (
+        "every per-run metric, stacked over runs (dataset, d, n, seed, score)"
+    )
     return out

@@ -30,6 +30,7 @@ def chunk_sizes(batch: int, n: int, budget_bytes: int, itemsize: int, per_entry:
     if c < 64 and n > c:  # tiny budgets: trade batch rows for centres
         b = max(1, entries // min(n, 64))
         c = max(1, min(n, entries // b))
+    b = max(1, min(b, entries // c))  # small n: c = n alone can leave b × c over the budget
     return b, c
 
 
@@ -38,36 +39,52 @@ def _affinity(x, c, c_half_sq):
     return x @ c.T - c_half_sq
 
 
+def _logits(xb, c, half_sq, scale, inv):
+    """(x·(s c) − ½ s²‖c‖²)/Δ in one fused addmm: the centres are scaled by s = `scale`
+    (e^{−t} for the noised training set) without ever materialising s·c."""
+    return torch.addmm(half_sq * (-(scale**2) * inv), xb, c.T, beta=1.0, alpha=scale * inv)
+
+
 def softmax_mean(
     x: torch.Tensor,
     centres: torch.Tensor,
     delta: float,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    scale: float = 1.0,
+    half_sq: torch.Tensor | None = None,
 ):
-    """Σ_μ w_μ c_μ with w = softmax_μ(−‖x − c_μ‖²/(2Δ)), for each row of x.
+    """Σ_μ w_μ s c_μ with w = softmax_μ(−‖x − s c_μ‖²/(2Δ)), for each row of x (s = `scale`).
 
-    Online (streaming) softmax over chunks of centres (Milakov & Gimelshein 2018): a running
-    maximum m, normaliser S and weighted sum W are rescaled by e^{m_old − m_new} per chunk."""
+    `half_sq` = ½‖c_μ‖² may be passed precomputed (it does not depend on t). When all centres
+    fit the budget this is one fused softmax; otherwise an online (streaming) softmax over
+    chunks of centres (Milakov & Gimelshein 2018): a running maximum m, normaliser S and
+    weighted sum W are rescaled by e^{m_old − m_new} per chunk."""
     batch, _ = x.shape
     n = centres.shape[0]
+    if half_sq is None:
+        half_sq = 0.5 * (centres * centres).sum(1)
     bs, cs = chunk_sizes(batch, n, budget_bytes, x.element_size())
     out = torch.empty_like(x)
     inv = 1.0 / delta
     for i in range(0, batch, bs):
         xb = x[i : i + bs]
+        if cs >= n:
+            w = torch.softmax(_logits(xb, centres, half_sq, scale, inv), dim=1)
+            out[i : i + bs] = (w @ centres) * scale
+            continue
         m = torch.full((xb.shape[0], 1), -math.inf, dtype=x.dtype, device=x.device)
         s = torch.zeros_like(m)
         w = torch.zeros_like(xb)
         for j in range(0, n, cs):
             c = centres[j : j + cs]
-            logits = _affinity(xb, c, 0.5 * (c * c).sum(1)) * inv
+            logits = _logits(xb, c, half_sq[j : j + cs], scale, inv)
             m_new = torch.maximum(m, logits.amax(1, keepdim=True))
             rescale = torch.exp(m - m_new)
             p = torch.exp(logits - m_new)
             s = s * rescale + p.sum(1, keepdim=True)
             w = w * rescale + p @ c
             m = m_new
-        out[i : i + bs] = w / s
+        out[i : i + bs] = w / s * scale
     return out
 
 
@@ -76,10 +93,14 @@ def log_partition(
     centres: torch.Tensor,
     delta: float,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    scale: float = 1.0,
+    half_sq: torch.Tensor | None = None,
 ):
-    """log Σ_μ exp(−‖x − c_μ‖²/(2Δ)) per row of x, in the dtype of x (use float64 for f^e)."""
+    """log Σ_μ exp(−‖x − s c_μ‖²/(2Δ)) per row of x, in the dtype of x (use float64 for f^e)."""
     batch, _ = x.shape
     n = centres.shape[0]
+    if half_sq is None:
+        half_sq = 0.5 * (centres * centres).sum(1)
     bs, cs = chunk_sizes(batch, n, budget_bytes, x.element_size(), per_entry=2)
     out = torch.empty(batch, dtype=x.dtype, device=x.device)
     inv = 1.0 / delta
@@ -88,8 +109,7 @@ def log_partition(
         m = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
         s = torch.zeros_like(m)
         for j in range(0, n, cs):
-            c = centres[j : j + cs]
-            logits = _affinity(xb, c, 0.5 * (c * c).sum(1)) * inv
+            logits = _logits(xb, centres[j : j + cs], half_sq[j : j + cs], scale, inv)
             m_new = torch.maximum(m, logits.amax(1))
             s = s * torch.exp(m - m_new) + torch.exp(logits - m_new[:, None]).sum(1)
             m = m_new

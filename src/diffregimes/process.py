@@ -117,7 +117,7 @@ def time_grid(T: float, t_min: float, steps: int, spacing: str = "log_snr"):
 def saved_indices(num_times: int, saved: int):
     """Indices of the grid times kept in the trajectory store: `saved` of them, evenly spread
     over the grid (so as dense as the grid near t_min), always including both ends."""
-    saved = min(saved, num_times)
+    saved = min(max(saved, 2), num_times)  # saved < 2 would drop the final state
     return np.unique(np.round(np.linspace(0, num_times - 1, saved)).astype(int))
 
 

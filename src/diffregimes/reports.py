@@ -1,0 +1,134 @@
+"""`results/index.html`: one self-contained page that links every report and lists every run.
+
+The page has no external assets (it works opened as a file and served by `python -m
+http.server`); its run table sorts on a header click and filters as you type.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .plots import run_table
+
+COLUMNS = [
+    ("dataset", "dataset"),
+    ("d", "d"),
+    ("n", "n"),
+    ("seed", "seed"),
+    ("score", "score"),
+    ("Lambda", "Λ"),
+    ("t_S_theory", "t_S theory"),
+    ("t_S_measured", "t_S measured"),
+    ("t_C_theory", "t_C theory"),
+    ("t_C_measured", "t_C measured"),
+    ("f_mem", "f_mem"),
+]
+
+_SCRIPT = """
+const table = document.getElementById('runs');
+const rows = () => Array.from(table.tBodies[0].rows);
+document.getElementById('filter').addEventListener('input', e => {
+  const q = e.target.value.toLowerCase();
+  rows().forEach(r => { r.hidden = !r.textContent.toLowerCase().includes(q); });
+});
+table.tHead.querySelectorAll('th').forEach((th, i) => th.addEventListener('click', () => {
+  const dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
+  th.dataset.dir = dir;
+  const key = r => { const v = r.cells[i].dataset.v; const f = parseFloat(v);
+                     return isNaN(f) ? v : f; };
+  const sorted = rows().sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0)
+                                       * (dir === 'asc' ? 1 : -1));
+  sorted.forEach(r => table.tBodies[0].appendChild(r));
+}));
+"""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 80em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }
+th { cursor: pointer; background: #f4f4f4; position: sticky; top: 0; }
+td:nth-child(-n+5), th:nth-child(-n+5) { text-align: left; }
+input { margin: 0.5em 0; padding: 0.3em; width: 20em; }
+"""
+
+
+def _cell(value) -> str:
+    if isinstance(value, float | np.floating):
+        text = "–" if not np.isfinite(value) else f"{value:.3g}"
+        return f'<td data-v="{value}">{text}</td>'
+    return f'<td data-v="{html.escape(str(value))}">{html.escape(str(value))}</td>'
+
+
+def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathLike) -> str:
+    """Write the index page to `out`; `reports` maps a title to a report path."""
+    out = Path(out)
+    table = run_table(summary)
+    links = "\n".join(
+        f'<li><a href="{html.escape(os.path.relpath(path, out.parent))}">{html.escape(title)}'
+        "</a></li>"
+        for title, path in reports.items()
+    )
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in COLUMNS)
+    body = "\n".join(
+        "<tr>" + "".join(_cell(row[key]) for key, _ in COLUMNS) + "</tr>"
+        for _, row in table.iterrows()
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Dynamical regimes of diffusion models: results</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>Dynamical regimes of diffusion models</h1>
+<p>{len(table)} runs over {table.dataset.nunique()} dataset(s). Times are OU times t.
+t_S: speciation (φ = 0.7752 crossing, theory ½ log Λ); t_C: collapse (mean t̂_C, theory from
+the excess entropy); f_mem: fraction of samples with d₁/d₂ &lt; 1/3.</p>
+<h2>Reports</h2>
+<ul>
+{links}
+</ul>
+<h2>Runs</h2>
+<input id="filter" type="search" placeholder="filter rows (e.g. empirical, d=128 → 128)">
+<table id="runs"><thead><tr>{head}</tr></thead>
+<tbody>
+{body}
+</tbody></table>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
+    out.write_text(page, encoding="utf-8")
+    return page
+
+
+def render_notebook(
+    template: str | os.PathLike,
+    executed: str | os.PathLike,
+    html_out: str | os.PathLike,
+    parameters: dict,
+    log_output: bool = False,
+) -> None:
+    """Execute a papermill template (kernel `python3`) and convert it to HTML without code.
+
+    The kernel runs in the executed notebook's folder; figures are embedded in the HTML."""
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    executed = Path(executed)
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(template),
+        str(executed),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(executed.parent),
+        log_output=log_output,
+        progress_bar=False,
+    )
+    exporter = HTMLExporter(exclude_input=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    Path(html_out).write_text(body, encoding="utf-8")

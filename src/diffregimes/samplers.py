@@ -162,7 +162,9 @@ def clone(
     Returns (copies, pairs, d). A deterministic sampler would give identical copies, so
     callers must pass a stochastic one (see `STOCHASTIC`)."""
     if sampler not in STOCHASTIC:
-        raise ValueError(f"cloning needs a stochastic sampler ({sorted(STOCHASTIC)}), not {sampler}")
+        raise ValueError(
+            f"cloning needs a stochastic sampler ({sorted(STOCHASTIC)}), not {sampler}"
+        )
     pairs = start.shape[0]
     x = start.repeat(copies, 1)
     end, _ = sample(score, x, times[start_index:], sampler, generator, callback=callback)

@@ -87,17 +87,17 @@ class EmpiricalScore:
     def __init__(self, train: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES):
         self.train = train
         self.budget_bytes = budget_bytes
+        self.half_sq = 0.5 * (train * train).sum(1)  # ½‖a^μ‖², reused at every t
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         dt = delta(float(t))
-        scale = math.exp(-t)
-        centres = self.train * scale
-        mean = softmax_mean(x, centres, dt, self.budget_bytes)
+        # the dtype of x, as in log_density (`.to` is free when the dtypes already agree)
+        train, half_sq = self.train.to(x.dtype), self.half_sq.to(x.dtype)
+        mean = softmax_mean(x, train, dt, self.budget_bytes, math.exp(-t), half_sq)
         return (mean - x) / dt
 
     def log_density(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """log P_t^e(x), in the dtype of x (pass float64 for the excess entropy)."""
         dt, n, d = delta(float(t)), self.train.shape[0], x.shape[1]
-        centres = self.train.to(x.dtype) * math.exp(-t)
-        lse = log_partition(x, centres, dt, self.budget_bytes)
+        lse = log_partition(x, self.train.to(x.dtype), dt, self.budget_bytes, math.exp(-t))
         return lse - math.log(n) - 0.5 * d * (LOG_2PI + math.log(dt))

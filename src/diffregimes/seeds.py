@@ -9,6 +9,8 @@ import hashlib
 
 
 def job_seed(*parts) -> int:
-    """A 63-bit seed from the job's identity, e.g. job_seed("sample", "gmm", 32, 512, 0, "empirical")."""
+    """A 63-bit seed from a job's identity.
+
+    Example: ``job_seed("sample", "gmm", 32, 512, 0, "empirical")``."""
     text = "\x1f".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1

@@ -3,7 +3,7 @@ import itertools
 
 from snakemake.exceptions import WorkflowError
 
-PKG = "src/diffregimes"
+PKG = f"{workflow.basedir}/src/diffregimes"
 CONDA_ENV = "../../envs/diffregimes.yaml"
 
 
@@ -73,9 +73,30 @@ def get_dataset(w):
     return config["datasets"][w.dataset]
 
 
+# The keys that define each kind's law; the grid lists (d, n, scores) are not among them, so
+# adding an n or a score does not rerun the cells that exist already.
+LAW_KEYS = {
+    "gmm": ("kind", "mu", "sigma", "direction", "test_size"),
+    "gaussian": ("kind", "lambda_max", "decay", "test_size"),
+}
+
+
+def canonical(value):
+    """Sorted-key copy of a config section: reordering keys in the YAML reruns nothing."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    return value
+
+
 def get_dataset_spec(w):
-    """The dataset's config entry with every default filled in."""
-    return dict(get_dataset(w))
+    """The dataset's law and settings (only the keys its kind uses)."""
+    spec = get_dataset(w)
+    return canonical({k: spec[k] for k in LAW_KEYS[spec["kind"]]})
+
+
+def section(name):
+    """A config section as a rule param (canonical key order)."""
+    return canonical(config[name])
 
 
 def budget_bytes():

@@ -18,8 +18,9 @@ rule theory:
         mem_mb=4000,
         runtime=30,
     params:
-        time=config["time"],
+        time=section("time"),
         entropy_samples=config["metrics"]["entropy_samples"],
+        entropy_collapse_fraction=config["metrics"]["entropy_collapse_fraction"],
         budget=budget_bytes(),
     script:
         "../../scripts/theory.py"
@@ -44,7 +45,7 @@ rule metrics:
         mem_mb=4000,
         runtime=30,
     params:
-        metrics=config["metrics"],
+        metrics=section("metrics"),
     script:
         "../../scripts/metrics.py"
 

@@ -1,14 +1,10 @@
 # Reports: the grid summary notebook rendered to HTML, and the index page.
-import sys
-
-PY = sys.executable
-
 
 rule report_summary:
     input:
         summary="results/summary.zarr",
-        notebook="workflow/notebooks/summary.ipynb",
-        code=modules("plots"),
+        notebook=f"{workflow.basedir}/workflow/notebooks/summary.ipynb",
+        code=modules("plots", "reports"),
     output:
         notebook="results/reports/summary.ipynb",
         html=report(
@@ -24,12 +20,8 @@ rule report_summary:
     resources:
         mem_mb=2000,
         runtime=10,
-    shell:
-        "{PY} -m papermill {input.notebook} {output.notebook} -k python3"
-        " -p summary_path $(realpath {input.summary}) --cwd $(dirname {output.notebook})"
-        " > {log} 2>&1"
-        " && {PY} -m nbconvert --to html --no-input {output.notebook}"
-        " --output $(basename {output.html}) >> {log} 2>&1"
+    script:
+        "../../scripts/report.py"
 
 
 rule index:

@@ -21,9 +21,9 @@ rule sample:
         mem_mb=4000,
         runtime=60,
     params:
-        time=config["time"],
-        sampler=config["sampler"],
-        cloning=config["cloning"],
+        time=section("time"),
+        sampler=section("sampler"),
+        cloning=section("cloning"),
         budget=budget_bytes(),
     script:
         "../../scripts/sample.py"

@@ -1,0 +1,156 @@
+"""Tests of `diffregimes.neighbours`: chunked softmax mean, log-partition and exact k-NN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffregimes.neighbours import chunk_sizes, log_partition, nearest, softmax_mean
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: intra-op threads only add contention (10× slower on a loaded 2-core box)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _data(batch, n, d, seed, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n, d, generator=g, dtype=F64)
+    # queries near the centres (the hard case at small Δ) and far from them
+    near = centres[torch.randint(n, (batch // 2,), generator=g)]
+    near = near + 0.05 * torch.randn(near.shape, generator=g, dtype=F64)
+    far = 1.5 * torch.randn(batch - batch // 2, d, generator=g, dtype=F64)
+    return torch.cat([near, far]).to(dtype), centres.to(dtype)
+
+
+def _direct_logits(x, centres, delta):
+    """−‖x − c‖²/(2Δ) by direct differences in float64, no chunking."""
+    diff = x.double()[:, None, :] - centres.double()[None, :, :]
+    return -(diff * diff).sum(-1) / (2 * delta)
+
+
+# Small budgets force many chunks over both the batch and the centres (n = 203 is prime, so the
+# last chunk is ragged).
+BUDGETS = [512, 4096, 2**20]
+
+
+@pytest.mark.parametrize("delta", [1e-4, 1e-3, 1e-2, 0.1, 1.0])
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_softmax_mean_matches_direct(delta, budget):
+    x, c = _data(37, 203, 5, seed=1)
+    w = torch.softmax(_direct_logits(x, c, delta), dim=1)
+    expected = w @ c
+    got = softmax_mean(x, c, delta, budget_bytes=budget)
+    # float64: the expanded logits lose ~1e-16·‖x‖‖c‖/Δ ≈ 1e-11 at Δ = 1e-4; the weights inherit
+    # that relative error, and the mean is a convex combination of O(1) centres
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("delta", [1e-4, 1e-3, 1e-2, 0.1, 1.0])
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_log_partition_matches_direct(delta, budget):
+    x, c = _data(37, 203, 5, seed=2)
+    expected = torch.logsumexp(_direct_logits(x, c, delta), dim=1)
+    got = log_partition(x, c, delta, budget_bytes=budget)
+    # values reach |log Z| ~ 1e5 at Δ = 1e-4 (far queries); the analytic ‖x‖²/(2Δ) term cancels
+    # against the maximum with float64 round-off ~1e-16 · 1e5 relative to each term
+    torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-9)
+
+
+@pytest.mark.parametrize("budget", [512, 2**20])
+def test_scaled_centres_and_precomputed_half_sq(budget):
+    # scale = e^{−t}: the result must be that of the explicitly scaled centres
+    x, c = _data(29, 101, 4, seed=8)
+    s, delta = 0.37, 2e-3
+    half_sq = 0.5 * (c * c).sum(1)
+    w = torch.softmax(_direct_logits(x, s * c, delta), dim=1)
+    for hs in (None, half_sq):
+        got = softmax_mean(x, c, delta, budget, scale=s, half_sq=hs)
+        torch.testing.assert_close(got, w @ (s * c), rtol=1e-9, atol=1e-9)
+        lz = log_partition(x, c, delta, budget, scale=s, half_sq=hs)
+        expected = torch.logsumexp(_direct_logits(x, s * c, delta), dim=1)
+        torch.testing.assert_close(lz, expected, rtol=1e-11, atol=1e-9)
+
+
+def test_softmax_mean_single_centre_and_far_point():
+    c = torch.tensor([[1.0, -2.0, 0.5]], dtype=F64)
+    x = torch.tensor([[100.0, 100.0, 100.0], [1.0, -2.0, 0.5]], dtype=F64)
+    got = softmax_mean(x, c, 1e-4, budget_bytes=64)
+    torch.testing.assert_close(got, c.expand(2, 3), rtol=0, atol=0)  # no overflow, no NaN
+
+
+def test_softmax_mean_float32_tiny_delta_finite():
+    x, c = _data(64, 500, 8, seed=3, dtype=torch.float32)
+    got = softmax_mean(x, c, 1e-5, budget_bytes=4096)
+    assert torch.isfinite(got).all()
+    w = torch.softmax(_direct_logits(x, c, 1e-5), dim=1)
+    # at Δ = 1e-5 each query has one overwhelmingly dominant centre, so the float32 result is
+    # that centre to float32 precision
+    torch.testing.assert_close(got.double(), w @ c.double(), rtol=1e-5, atol=1e-5)
+
+
+def _brute_knn(x, c, k):
+    # direct differences (cdist's default matmul expansion loses ~1e-7 near zero distance)
+    d = torch.cdist(x.double(), c.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    order = torch.argsort(d, dim=1)[:, :k]
+    return d.gather(1, order), order
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("budget", [256, 4096, 2**20])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_nearest_matches_brute_force(k, budget, dtype):
+    x, c = _data(41, 307, 6, seed=4, dtype=dtype)
+    dist, idx = nearest(x, c, k=k, budget_bytes=budget)
+    bd, bi = _brute_knn(x, c, k)
+    assert idx.dtype == torch.long and dist.dtype == F64 and dist.shape == (41, k)
+    torch.testing.assert_close(idx, bi, rtol=0, atol=0)  # continuous data: no ties
+    # both are float64 direct distances of the same (dtype-rounded) points: round-off only
+    torch.testing.assert_close(dist, bd, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_nearest_with_fewer_centres_than_candidates(k):
+    # n = 5 < k + refine = k + 4
+    x, c = _data(17, 5, 3, seed=5)
+    dist, idx = nearest(x, c, k=k, budget_bytes=128)
+    bd, bi = _brute_knn(x, c, k)
+    torch.testing.assert_close(idx, bi, rtol=0, atol=0)
+    torch.testing.assert_close(dist, bd, rtol=1e-12, atol=1e-12)
+
+
+def test_nearest_k_larger_than_n():
+    x, c = _data(4, 2, 3, seed=6)
+    dist, idx = nearest(x, c, k=3)
+    assert dist.shape == (4, 2)  # k is capped at n
+    torch.testing.assert_close(idx, _brute_knn(x, c, 2)[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_nearest_points_exactly_at_centres(dtype):
+    g = torch.Generator().manual_seed(7)
+    c = (3.0 * torch.randn(211, 10, generator=g, dtype=F64)).to(dtype)
+    pick = torch.randperm(211, generator=g)[:50]
+    dist, idx = nearest(c[pick], c, k=3, budget_bytes=1024)
+    torch.testing.assert_close(idx[:, 0], pick, rtol=0, atol=0)
+    assert torch.all(dist[:, 0] == 0)  # exact differences, not the expansion
+    bd, bi = _brute_knn(c[pick], c, 3)
+    torch.testing.assert_close(idx, bi, rtol=0, atol=0)
+    torch.testing.assert_close(dist, bd, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 100, 5000])
+@pytest.mark.parametrize("n", [1, 50, 1000, 100_000])
+@pytest.mark.parametrize("budget", [256, 4096, 2**16, 2**26])
+@pytest.mark.parametrize("itemsize, per_entry", [(4, 3), (8, 3), (8, 2)])
+def test_chunk_sizes_respect_budget(batch, n, budget, itemsize, per_entry):
+    b, c = chunk_sizes(batch, n, budget, itemsize, per_entry)
+    assert 1 <= b and 1 <= c <= n
+    assert b <= max(batch, 1)
+    assert b * c * itemsize * per_entry <= budget

@@ -1,0 +1,163 @@
+"""The workflow itself: config validation, dry runs, a tiny end-to-end run and reruns.
+
+The end-to-end run uses tests/config/tiny.yaml in a temporary working directory, so it never
+touches the repository's own results/.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+TINY = ROOT / "tests" / "config" / "tiny.yaml"
+
+RUN_VARIABLES = {
+    "phi_class": ("clone_time",),
+    "phi_class_se": ("clone_time",),
+    "phi_train": ("clone_time",),
+    "collapse_fraction": ("time",),
+    "t_collapse": ("sample",),
+    "f_excess": ("time",),
+    "f_excess_se": ("time",),
+    "f_theory": ("time",),
+    "nn_ratio": ("sample",),
+    "Lambda": (),
+    "alpha": (),
+    "t_S_theory": (),
+    "t_S_measured": (),
+    "t_C_theory": (),
+    "t_C_measured": (),
+    "f_mem": (),
+}
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = TINY, check=True):
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"]
+    if config is not None:
+        cmd += ["--configfile", str(config)]
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def planned_jobs(workdir: Path, config: Path | None = TINY, *extra: str) -> dict[str, int]:
+    """Job counts per rule of a dry run (the 'Job stats' table)."""
+    out = snakemake(workdir, "-n", *extra, config=config).stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    counts.pop("total", None)
+    return {rule: int(c) for rule, c in counts.items()}
+
+
+def test_default_config_dry_run(tmp_path):
+    """The shipped config validates and plans the full grid (3 d × 3 n × 2 scores)."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    jobs = planned_jobs(tmp_path, None)
+    assert jobs["sample"] == 18 and jobs["metrics"] == 18
+    assert jobs["data"] == 9 and jobs["theory"] == 9
+    assert jobs["summary"] == 1 and jobs["index"] == 1
+
+
+def test_paper_config_dry_run(tmp_path):
+    jobs = planned_jobs(tmp_path, ROOT / "config" / "paper.yaml")
+    assert jobs["sample"] == 3 * (7 * 5 * 2 + 3 * 3 * 2 + 3 * 2 * 2)
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["sampler"].update(name="leapfrog"), "name"),
+        (lambda c: c["datasets"]["gmm"].update(kind="mnist-ish"), "kind"),
+        (lambda c: c["datasets"]["gmm"].update(n=[0, 16]), "n"),
+        (lambda c: c["datasets"]["gmm"].update(scores=["exact"]), "scores"),
+        (lambda c: c["datasets"]["gmm"].update(sigam=1.0), "sigam"),
+        (lambda c: c["time"].update(t_min=5.0), "time.t_min"),
+        (lambda c: c["time"].update(steps="many"), "steps"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, edit, key):
+    cfg = yaml.safe_load(TINY.read_text())
+    edit(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", config=path, check=False)
+    assert proc.returncode != 0
+    assert key in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir)
+    return workdir
+
+
+@pytest.mark.slow
+def test_tiny_run_stores(tiny_run):
+    results = tiny_run / "results"
+    train = xr.open_zarr(results / "data/gmm/d16/n64/s0/train.zarr", consolidated=True)
+    assert train["x"].dims == ("item", "feature") and train["x"].shape == (64, 16)
+    assert set(np.unique(train["label"].values)) == {0, 1}
+    test = xr.open_zarr(results / "data/gmm/d16/n64/s0/test.zarr", consolidated=True)
+    assert test["x"].shape == (32, 16)
+
+    traj = xr.open_zarr(results / "trajectories/gmm/d16/n64/s0/empirical.zarr", consolidated=True)
+    assert traj["x"].dims == ("sample", "time", "feature")
+    assert traj["x"].dtype == np.float32 and traj["time"].dtype == np.float64
+    assert np.all(np.diff(traj["time"].values) < 0)  # descending from T to t_min
+    assert traj["x_clone"].dims == ("clone_time", "pair", "copy", "feature")
+    assert traj.attrs["sampler"] == "euler_maruyama"
+
+    for score in ("population", "empirical"):
+        m = xr.open_zarr(results / f"metrics/gmm/d16/n64/s0/{score}.zarr", consolidated=True)
+        for name, dims in RUN_VARIABLES.items():
+            assert name in m, name
+            assert m[name].dims == dims, name
+        assert {"dataset", "n", "d", "seed", "score", "sampler"} <= set(m.attrs)
+        assert m.attrs["score"] == score and m.attrs["n"] == 64 and m.attrs["d"] == 16
+    # The empirical score memorises: every end point sits on a training point at t_min.
+    m = xr.open_zarr(results / "metrics/gmm/d16/n64/s0/empirical.zarr", consolidated=True)
+    assert float(m["f_mem"]) > 0.9
+    assert float(m["collapse_fraction"][-1]) == 1.0
+
+    gauss = xr.open_zarr(results / "metrics/gauss/d8/n32/s0/empirical.zarr", consolidated=True)
+    assert np.isnan(gauss["phi_class"]).all()
+    assert "no classes" in gauss["phi_class"].attrs["not_applicable"]
+
+    summary = xr.open_zarr(results / "summary.zarr", consolidated=True)
+    assert summary.sizes["run"] == 10  # gmm 2 d × 2 n × 2 scores + gauss 1 × 1 × 2
+    assert set(summary["score"].values) == {"population", "empirical"}
+
+
+@pytest.mark.slow
+def test_tiny_run_reports(tiny_run):
+    results = tiny_run / "results"
+    index = (results / "index.html").read_text()
+    assert "reports/summary.html" in index
+    assert index.count("<tr>") == 10 + 1  # header + one row per run
+    html = (results / "reports" / "summary.html").read_text()
+    assert html.count("data:image/png;base64") >= 5  # every figure embedded
+    assert "Traceback" not in html
+
+
+@pytest.mark.slow
+def test_tiny_rerun_does_nothing_and_metric_change_reruns_metrics_only(tiny_run, tmp_path):
+    assert planned_jobs(tiny_run) == {}  # nothing changed: nothing to do
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["metrics"]["bootstrap"] = 30
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(tiny_run, changed)
+    assert set(jobs) - {"all"} == {"metrics", "summary", "report_summary", "index"}
+    assert jobs["metrics"] == 10
