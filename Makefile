@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint dry-run clean
+.PHONY: run test lint dry-run bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ dry-run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
+# Benchmarks print ratios measured in one run on this machine (see bench/*.py).
+bench: $(VENV)/.installed
+	$(BIN)/python bench/train_loop.py
+
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src scripts tests
+	$(BIN)/ruff check src scripts tests bench
 	$(BIN)/snakefmt --check Snakefile workflow
 	$(BIN)/snakemake --lint
 

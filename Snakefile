@@ -16,7 +16,19 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="[A-Za-z][A-Za-z0-9_-]*",
+    d=r"\d+",
+    n=r"\d+",
+    seed=r"\d+",
+    score="[A-Za-z][A-Za-z0-9_]*",
+    model="[A-Za-z][A-Za-z0-9_]*",
+
+
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/report.smk"

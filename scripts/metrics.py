@@ -17,6 +17,8 @@ theory = store.open_store(sm.input.theory)
 seed = job_seed("metrics", w.dataset, w.d, w.n, w.seed, w.score)
 with Timer(log, f"metrics, job seed {seed}"):
     ds = measure.run_metrics(traj, train, theory, sm.params.metrics, seed)
+if sm.input.get("training"):  # a learned score: add its training-time axis
+    ds = measure.add_training_axis(ds, store.open_store(sm.input.training[0]))
 log.info(
     "t_S measured %.4g (theory %.4g), t_C measured %.4g (theory %.4g), f_mem %.3f",
     ds.t_S_measured,

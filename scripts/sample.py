@@ -16,7 +16,8 @@ log.info("device: %s (%s)", device, why)
 
 train = store.open_store(sm.input.train)
 seed = job_seed("sample", w.dataset, w.d, w.n, w.seed, w.score)
-score = generate.build_score(w.score, train, p.budget, device)
+model = sm.input.model[0] if sm.input.get("model") else None  # a learned score's weights
+score = generate.build_score(w.score, train, p.budget, device, model_path=model)
 bar = progress_bar(generate.planned_steps(p.time, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):
     ds = generate.sample_trajectories(

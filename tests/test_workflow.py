@@ -60,17 +60,19 @@ def planned_jobs(workdir: Path, config: Path | None = TINY, *extra: str) -> dict
 
 
 def test_default_config_dry_run(tmp_path):
-    """The shipped config validates and plans the full grid (3 d × 3 n × 2 scores)."""
+    """The shipped config validates and plans the full grid (3 d × 3 n × 3 scores)."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     jobs = planned_jobs(tmp_path, None)
-    assert jobs["sample"] == 18 and jobs["metrics"] == 18
+    assert jobs["sample"] == 27 and jobs["metrics"] == 27
+    assert jobs["train"] == 9 and jobs["training_axis"] == 9
     assert jobs["data"] == 9 and jobs["theory"] == 9
     assert jobs["summary"] == 1 and jobs["index"] == 1
 
 
 def test_paper_config_dry_run(tmp_path):
     jobs = planned_jobs(tmp_path, ROOT / "config" / "paper.yaml")
-    assert jobs["sample"] == 3 * (7 * 5 * 2 + 3 * 3 * 2 + 3 * 2 * 2)
+    assert jobs["sample"] == 3 * (7 * 5 * 3 + 3 * 3 * 3 + 3 * 2 * 2)
+    assert jobs["train"] == 3 * (7 * 5 + 3 * 3)
 
 
 @pytest.mark.parametrize(
@@ -80,6 +82,9 @@ def test_paper_config_dry_run(tmp_path):
         (lambda c: c["datasets"]["gmm"].update(kind="mnist-ish"), "kind"),
         (lambda c: c["datasets"]["gmm"].update(n=[0, 16]), "n"),
         (lambda c: c["datasets"]["gmm"].update(scores=["exact"]), "scores"),
+        (lambda c: c["datasets"]["gmm"].update(scores=["mpl"]), "Did you mean 'mlp'"),
+        (lambda c: c["models"]["mlp"].update(arch="transformer"), "arch"),
+        (lambda c: c["models"]["mlp"].update(lr=-1.0), "lr"),
         (lambda c: c["datasets"]["gmm"].update(sigam=1.0), "sigam"),
         (lambda c: c["time"].update(t_min=5.0), "time.t_min"),
         (lambda c: c["time"].update(steps="many"), "steps"),
@@ -136,8 +141,28 @@ def test_tiny_run_stores(tiny_run):
     assert "no classes" in gauss["phi_class"].attrs["not_applicable"]
 
     summary = xr.open_zarr(results / "summary.zarr", consolidated=True)
-    assert summary.sizes["run"] == 10  # gmm 2 d × 2 n × 2 scores + gauss 1 × 1 × 2
-    assert set(summary["score"].values) == {"population", "empirical"}
+    assert summary.sizes["run"] == 14  # gmm 2 d × 2 n × 3 scores + gauss 1 × 1 × 2
+    assert set(summary["score"].values) == {"population", "empirical", "mlp"}
+
+
+@pytest.mark.slow
+def test_tiny_run_learned_score(tiny_run):
+    results = tiny_run / "results"
+    folder = results / "models/gmm/d16/n64/s0/mlp"
+    log = xr.open_zarr(folder / "train_log.zarr", consolidated=True)
+    assert log["loss"].dims == ("step",) and int(log["step"][-1]) == 200
+    assert sorted(p.name for p in folder.glob("checkpoint_step*.pt"))[-1] == (
+        "checkpoint_step00000200.pt"
+    )
+    m = xr.open_zarr(results / "metrics/gmm/d16/n64/s0/mlp.zarr", consolidated=True)
+    for name, dims in RUN_VARIABLES.items():
+        assert m[name].dims == dims, name
+    assert m["f_mem_by_step"].dims == ("step",)
+    assert m["score_error_empirical"].dims == ("step", "time")
+    assert m["score_error_population"].dims == ("step", "time")
+    assert np.isfinite(m["score_error_population"]).all()  # the GMM law is known
+    assert m["tau_mem"].dims == ()
+    assert int(m["step"][-1]) == 200
 
 
 @pytest.mark.slow
@@ -145,7 +170,7 @@ def test_tiny_run_reports(tiny_run):
     results = tiny_run / "results"
     index = (results / "index.html").read_text()
     assert "reports/summary.html" in index
-    assert index.count("<tr>") == 10 + 1  # header + one row per run
+    assert index.count("<tr>") == 14 + 1  # header + one row per run
     html = (results / "reports" / "summary.html").read_text()
     assert html.count("data:image/png;base64") >= 5  # every figure embedded
     assert "Traceback" not in html
@@ -160,4 +185,4 @@ def test_tiny_rerun_does_nothing_and_metric_change_reruns_metrics_only(tiny_run,
     changed.write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(tiny_run, changed)
     assert set(jobs) - {"all"} == {"metrics", "summary", "report_summary", "index"}
-    assert jobs["metrics"] == 10
+    assert jobs["metrics"] == 14

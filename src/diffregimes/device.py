@@ -15,5 +15,6 @@ def pick_device(gpus_granted: int | None = None) -> tuple[torch.device, str]:
     if visible is not None and visible.strip() in ("", "-1"):
         return torch.device("cpu"), "CUDA_VISIBLE_DEVICES hides every GPU"
     if not torch.cuda.is_available():
-        return torch.device("cpu"), "a GPU was requested but CUDA is not available here"
+        asked = "a GPU was granted but " if gpus_granted else ""
+        return torch.device("cpu"), f"{asked}CUDA is not available here"
     return torch.device("cuda"), f"CUDA device {torch.cuda.get_device_name(0)}"

@@ -20,8 +20,20 @@ log = logging.getLogger(__name__)
 EXACT_SCORES = ("population", "empirical")
 
 
-def build_score(score: str, train: xr.Dataset, budget_bytes: int, device, dtype=torch.float32):
-    """The score named `score` for the training store `train` (population or empirical)."""
+def build_score(
+    score: str,
+    train: xr.Dataset,
+    budget_bytes: int,
+    device,
+    dtype=torch.float32,
+    model_path=None,
+):
+    """The score named `score` for the training store `train`: population, empirical, or a
+    learned model whose final weights are at `model_path`."""
+    if model_path is not None:
+        from .nets import LearnedScore, load_trained
+
+        return LearnedScore(load_trained(model_path, device))
     if score == "empirical":
         x = torch.as_tensor(train["x"].values, dtype=dtype, device=device)
         return EmpiricalScore(x, budget_bytes)

@@ -242,6 +242,28 @@ def _describe(ds: xr.Dataset):
         ds[name].attrs["description"] = desc
 
 
+TRAINING_AXIS = (
+    "f_mem_by_step",
+    "f_mem_by_step_ci_low",
+    "f_mem_by_step_ci_high",
+    "score_error_empirical",
+    "score_error_population",
+    "tau_mem",
+)
+
+
+def add_training_axis(run: xr.Dataset, axis: xr.Dataset) -> xr.Dataset:
+    """Join a learned score's training-time axis (same saved times) into its metrics."""
+    if not np.allclose(run["time"].values, axis["time"].values, rtol=1e-12, atol=0):
+        raise ValueError("training-axis and trajectory stores have different time grids")
+    out = run.copy()
+    axis = axis.assign_coords(time=run["time"].values)  # identical up to round-off
+    for name in TRAINING_AXIS:
+        out[name] = axis[name]
+    out.attrs["training_axis_settings"] = axis.attrs.get("settings", "")
+    return out
+
+
 RUN_KEYS = ("dataset", "d", "n", "seed", "score")
 
 

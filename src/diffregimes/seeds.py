@@ -14,3 +14,12 @@ def job_seed(*parts) -> int:
     Example: ``job_seed("sample", "gmm", 32, 512, 0, "empirical")``."""
     text = "\x1f".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def fingerprint(*parts) -> str:
+    """A hex digest of settings (dicts by sorted keys): checkpoints carry it, so a rerun
+    resumes only from checkpoints written with the same settings."""
+    import json
+
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

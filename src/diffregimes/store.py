@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 import xarray as xr
 import zarr
 
@@ -90,3 +91,23 @@ def open_store(path: str | os.PathLike, load: bool = True) -> xr.Dataset:
 def settings(ds: xr.Dataset, key: str = "settings") -> dict:
     """The JSON settings a stage stored in its attrs."""
     return json.loads(ds.attrs.get(key, "{}"))
+
+
+def load_checkpoint(path: str | os.PathLike, device="cpu") -> dict:
+    """torch.load with ``weights_only=True``; a file that is not a tensor file is refused."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # pickle, zip and format errors all mean the same to a user
+        raise OSError(
+            f"checkpoint {path} is not a tensor checkpoint this workflow wrote "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "delete it (and its model folder's other checkpoints if they are stale) and rerun"
+        ) from err
+
+
+def save_atomic(obj, path):
+    """torch.save beside the target, then rename: a killed job never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,4 +1,5 @@
 # Config checks that a schema cannot express, the run table, and path helpers.
+import difflib
 import itertools
 
 from snakemake.exceptions import WorkflowError
@@ -99,13 +100,29 @@ def section(name):
     return canonical(config[name])
 
 
+def is_model(score):
+    return score in config["models"]
+
+
+def model_dir(w):
+    return f"results/models/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/{w.score}"
+
+
+def get_score_inputs(w):
+    """Inputs of `sample` beyond the data (a learned score's final weights)."""
+    return [f"{model_dir(w)}/final.pt"] if is_model(w.score) else []
+
+
+def get_training_axis(w):
+    """A learned score's training-time axis, merged into its metrics store."""
+    if not is_model(w.score):
+        return []
+    return [f"results/training/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/{w.score}.zarr"]
+
+
+def get_model_cfg(w):
+    return canonical(config["models"][w.model])
+
+
 def budget_bytes():
     return int(config["metrics"]["memory_budget_mb"] * 2**20)
-
-
-wildcard_constraints:
-    dataset="[A-Za-z][A-Za-z0-9_-]*",
-    d=r"\d+",
-    n=r"\d+",
-    seed=r"\d+",
-    score="[A-Za-z][A-Za-z0-9_]*",

@@ -31,6 +31,7 @@ rule metrics:
         trajectories=f"results/trajectories/{CELL}/{{score}}.zarr",
         train=train_store,
         theory=theory_path,
+        training=get_training_axis,
         code=modules("measure", "metrics", "theory", "neighbours"),
     output:
         directory(f"results/metrics/{CELL}/{{score}}.zarr"),

@@ -1,5 +1,6 @@
 # Reports: the grid summary notebook rendered to HTML, and the index page.
 
+
 rule report_summary:
     input:
         summary="results/summary.zarr",

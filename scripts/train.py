@@ -1,0 +1,52 @@
+"""Rule `train`: denoising score matching of one model on one training set (resumable)."""
+
+from pathlib import Path
+
+import torch
+
+from diffregimes import nets, store, train
+from diffregimes.device import pick_device
+from diffregimes.joblog import Timer, progress_bar, start_log
+from diffregimes.seeds import fingerprint, job_seed
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+w, p = sm.wildcards, sm.params
+log = start_log(sm.log[0], "train")
+torch.set_num_threads(sm.threads)
+device, why = pick_device(sm.resources.get("gpu"))
+log.info("device: %s (%s)", device, why)
+
+data = store.open_store(sm.input.train)
+x = torch.as_tensor(data["x"].values, dtype=torch.float32)
+seed = job_seed("train", w.dataset, w.d, w.n, w.seed, w.model)
+torch.manual_seed(seed)  # network initialisation
+net = nets.build_network(p.model, x.shape[1])
+log.info("%s: %d parameters", p.model["arch"], sum(q.numel() for q in net.parameters()))
+folder = Path(sm.output.model).parent
+bar = progress_bar(p.model["steps"], "training steps", sm.log[0])
+with Timer(log, f"training {w.model}, job seed {seed}"):
+    result = train.train(
+        net,
+        x,
+        p.model,
+        p.time,
+        seed,
+        folder,
+        fingerprint(p.model, p.time, seed, data.attrs.get("n"), data.attrs.get("d")),
+        device,
+        progress=lambda step: bar.update(step - bar.n),
+    )
+bar.close()
+nets.save_trained(sm.output.model, result["ema"], p.model, x.shape[1], result["step"])
+hist = train.history_dataset(result["history"])
+hist.attrs.update(
+    dataset=w.dataset,
+    d=int(w.d),
+    n=int(w.n),
+    seed=int(w.seed),
+    model=w.model,
+    device=str(device),
+    seed_job=seed,
+    settings=p.model,
+)
+store.write(hist, sm.output.log_store)

@@ -1,0 +1,49 @@
+"""Rule `training_axis`: f_mem and score errors along training, from the model's checkpoints."""
+
+from pathlib import Path
+
+import torch
+
+from diffregimes import generate, nets, store, training_axis
+from diffregimes.device import pick_device
+from diffregimes.joblog import Timer, start_log
+from diffregimes.seeds import job_seed
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+w, p = sm.wildcards, sm.params
+log = start_log(sm.log[0], "training_axis")
+torch.set_num_threads(sm.threads)
+device, why = pick_device(sm.resources.get("gpu"))
+log.info("device: %s (%s)", device, why)
+
+train = store.open_store(sm.input.train)
+test = store.open_store(sm.input.test)
+net = nets.load_trained(sm.input.model, device)
+population = generate.build_score("population", train, p.budget, device)
+seed = job_seed("training_axis", w.dataset, w.d, w.n, w.seed, w.model)
+with Timer(log, f"training axis of {w.model}, job seed {seed}"):
+    ds = training_axis.measure_training_axis(
+        net,
+        Path(sm.input.model).parent,
+        p.model,
+        p.axis,
+        train,
+        test,
+        population,
+        p.time,
+        p.sampler,
+        seed,
+        p.budget,
+        device,
+    )
+ds.attrs.update(
+    dataset=w.dataset,
+    d=int(w.d),
+    n=int(w.n),
+    seed=int(w.seed),
+    model=w.model,
+    seed_job=seed,
+    settings={"axis": p.axis, "sampler": p.sampler},
+)
+log.info("tau_mem = %.4g", float(ds.tau_mem))
+store.write(ds, sm.output[0])

@@ -1,0 +1,57 @@
+# Learned scores: training per (dataset, d, n, seed, model), and the training-time axis.
+
+
+rule train:
+    input:
+        train=train_store,
+        code=modules("train", "nets", "process", "device", "store", "seeds"),
+    output:
+        model=f"results/models/{CELL}/{{model}}/final.pt",
+        log_store=directory(f"results/models/{CELL}/{{model}}/train_log.zarr"),
+    log:
+        f"results/logs/train/{CELL}/{{model}}.log",
+    benchmark:
+        f"results/benchmarks/train/{CELL}/{{model}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=240,
+    params:
+        model=get_model_cfg,
+        time=section("time"),
+    script:
+        "../../scripts/train.py"
+
+
+rule training_axis:
+    input:
+        model=f"results/models/{CELL}/{{model}}/final.pt",
+        train=train_store,
+        test=f"results/data/{CELL}/test.zarr",
+        code=modules(
+            "training_axis", "nets", "samplers", "scores", "neighbours", "metrics"
+        ),
+    output:
+        directory(f"results/training/{CELL}/{{model}}.zarr"),
+    log:
+        f"results/logs/training_axis/{CELL}/{{model}}.log",
+    benchmark:
+        f"results/benchmarks/training_axis/{CELL}/{{model}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        model=get_model_cfg,
+        axis=section("training_axis"),
+        time=section("time"),
+        sampler=section("sampler"),
+        budget=budget_bytes(),
+    script:
+        "../../scripts/training_axis.py"
