@@ -1,12 +1,16 @@
 """Rule `index`: results/index.html, the page that links every report and lists every run."""
 
+from pathlib import Path
+
 from diffregimes import reports, store
 from diffregimes.joblog import start_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = start_log(sm.log[0], "index")
 summary = store.open_store(sm.input.summary)
-reports.index_html(
-    summary, {"Grid summary: speciation and collapse": sm.input.reports[0]}, sm.output[0]
-)
-log.info("wrote %s with %d runs", sm.output[0], summary.sizes["run"])
+out = Path(sm.output[0])
+for path in sm.input.runs:  # every run report the table links to must exist
+    if not Path(path).exists():
+        raise FileNotFoundError(f"run report {path} is missing: rerun the workflow")
+reports.index_html(summary, {"Grid report: the curse of dimensionality": sm.input.grid}, out)
+log.info("wrote %s with %d runs", out, summary.sizes["run"])

@@ -32,7 +32,15 @@ with Timer(log, f"training {w.model}, job seed {seed}"):
         p.time,
         seed,
         folder,
-        fingerprint(p.model, p.time, seed, data.attrs.get("n"), data.attrs.get("d")),
+        # settings and the training code: a rerun after a change never resumes stale work
+        fingerprint(
+            p.model,
+            p.time,
+            seed,
+            data.attrs["n"],
+            data.attrs["d"],
+            [Path(f).read_text() for f in sm.input.code],
+        ),
         device,
         progress=lambda step: bar.update(step - bar.n),
     )

@@ -6,20 +6,13 @@ touches the repository's own results/.
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-TINY = ROOT / "tests" / "config" / "tiny.yaml"
+from workflow_helpers import ROOT, TINY, planned_jobs, snakemake
 
 RUN_VARIABLES = {
     "phi_class": ("clone_time",),
@@ -39,24 +32,6 @@ RUN_VARIABLES = {
     "t_C_measured": (),
     "f_mem": (),
 }
-
-
-def snakemake(workdir: Path, *args: str, config: Path | None = TINY, check=True):
-    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"]
-    if config is not None:
-        cmd += ["--configfile", str(config)]
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def planned_jobs(workdir: Path, config: Path | None = TINY, *extra: str) -> dict[str, int]:
-    """Job counts per rule of a dry run (the 'Job stats' table)."""
-    out = snakemake(workdir, "-n", *extra, config=config).stdout
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
-    counts.pop("total", None)
-    return {rule: int(c) for rule, c in counts.items()}
 
 
 def test_default_config_dry_run(tmp_path):
@@ -99,13 +74,6 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, key):
     assert proc.returncode != 0
     assert key in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny")
-    snakemake(workdir)
-    return workdir
 
 
 @pytest.mark.slow
@@ -171,9 +139,18 @@ def test_tiny_run_reports(tiny_run):
     index = (results / "index.html").read_text()
     assert "reports/summary.html" in index
     assert index.count("<tr>") == 14 + 1  # header + one row per run
-    html = (results / "reports" / "summary.html").read_text()
-    assert html.count("data:image/png;base64") >= 5  # every figure embedded
-    assert "Traceback" not in html
+    grid = (results / "reports" / "summary.html").read_text()
+    assert grid.count("data:image/png;base64") >= 11  # every grid figure embedded
+    assert "Traceback" not in grid and "Error" not in grid
+    runs = sorted((results / "reports" / "runs").rglob("*.html"))
+    assert len(runs) == 14
+    for html in runs:
+        text = html.read_text()
+        assert f'href="{html.relative_to(results).as_posix()}"' in index
+        assert html.with_suffix(".png").stat().st_size > 1000  # the index thumbnail
+        figures = 5 if html.stem == "mlp" else 4  # + the training figure for a learned score
+        assert text.count("data:image/png;base64") >= figures, html
+        assert "Traceback" not in text
 
 
 @pytest.mark.slow
@@ -184,5 +161,5 @@ def test_tiny_rerun_does_nothing_and_metric_change_reruns_metrics_only(tiny_run,
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(tiny_run, changed)
-    assert set(jobs) - {"all"} == {"metrics", "summary", "report_summary", "index"}
-    assert jobs["metrics"] == 14
+    assert set(jobs) - {"all"} == {"metrics", "summary", "report_summary", "report_run", "index"}
+    assert jobs["metrics"] == 14 and jobs["report_run"] == 14

@@ -219,6 +219,7 @@ def run_metrics(
             ds[name].attrs["not_applicable"] = NOT_APPLICABLE_NO_CLASSES
     _describe(ds)
     ds.attrs.update(traj.attrs)
+    ds.attrs.update({k: v for k, v in train.attrs.items() if k.startswith("law_")})
     ds.attrs.update(
         metrics_settings=cfg, seed_metrics=int(seed), theory_seed_job=theory_ds.attrs["seed_job"]
     )
@@ -273,6 +274,8 @@ def stack_summary(stores: list[xr.Dataset]) -> xr.Dataset:
     for ds in stores:
         keys = {k: ds.attrs[k] for k in RUN_KEYS}
         keys["sampler"] = ds.attrs.get("sampler", "")
+        keys["kind"] = ds.attrs.get("law_kind", "")
+        keys["sigma"] = float(ds.attrs.get("law_sigma", np.nan))  # GMM σ, NaN otherwise
         part = ds.drop_attrs(deep=False).expand_dims(run=1)
         parts.append(part.assign_coords({k: ("run", [v]) for k, v in keys.items()}))
     out = xr.concat(
@@ -284,7 +287,7 @@ def stack_summary(stores: list[xr.Dataset]) -> xr.Dataset:
         coords="different",
         compat="equals",
     )
-    for key in ("dataset", "score", "sampler"):
+    for key in ("dataset", "score", "sampler", "kind"):
         out[key] = out[key].astype(object)
     out = out.assign_coords(run=np.arange(out.sizes["run"]))
     out.attrs["description"] = (

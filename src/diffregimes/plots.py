@@ -23,6 +23,7 @@ SCALARS = [
     "t_C_measured_se",
     "t_C_entropy",
     "f_mem",
+    "tau_mem",
 ]
 
 
@@ -176,5 +177,376 @@ def collapse_vs_alpha(summary: xr.Dataset):
         ylabel="t_C",
         title="Collapse time against α (o measured, x theory)",
     )
+    fig.tight_layout()
+    return fig
+
+
+def _learned(summary: xr.Dataset) -> xr.Dataset | None:
+    if "f_mem_by_step" not in summary:
+        return None
+    sub = summary.where(summary.f_mem_by_step.notnull().any("step"), drop=True)
+    return sub if sub.sizes["run"] else None
+
+
+def memorisation_by_step(summary: xr.Dataset):
+    """f_mem against training step for every learned run, one panel per d, a line per n;
+    the dotted lines mark τ_mem. The follow-up's claim: τ_mem grows ∝ n."""
+    sub = _learned(summary)
+    if sub is None:
+        return None
+    ds_d = sorted({int(v) for v in sub.d.values})
+    ns = sorted({int(v) for v in sub.n.values})
+    palette = sns.color_palette("viridis", n_colors=len(ns))
+    fig, axes = plt.subplots(
+        1, len(ds_d), figsize=(4.2 * len(ds_d), 3.4), squeeze=False, sharey=True
+    )
+    for ax, d in zip(axes[0], ds_d, strict=False):
+        runs = sub.where(sub.d == d, drop=True)
+        for r in range(runs.sizes["run"]):
+            run = runs.isel(run=r)
+            ok = run.f_mem_by_step.notnull()
+            color = palette[ns.index(int(run.n))]
+            ax.plot(
+                run.step[ok],
+                run.f_mem_by_step[ok],
+                "o-",
+                color=color,
+                ms=3,
+                label=f"{run.score.item()} n={int(run.n)}",
+            )
+            if np.isfinite(run.tau_mem):
+                ax.axvline(float(run.tau_mem), color=color, ls=":", lw=1)
+        ax.set(xscale="log", title=f"d = {d}", xlabel="training step", ylabel="f_mem")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Memorisation along training; dotted: τ_mem")
+    fig.tight_layout()
+    return fig
+
+
+def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
+    """Learned score's distance to the empirical (memorising) and population (generalising)
+    scores against training step, at a mid-grid time, one panel per learned run."""
+    sub = _learned(summary)
+    if sub is None:
+        return None
+    k = sub.sizes["time"] // 2 if time_index is None else time_index
+    t = float(sub.time[k])
+    runs = sub.sizes["run"]
+    cols = min(runs, 3)
+    rows = int(np.ceil(runs / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, range(runs), strict=False):
+        run = sub.isel(run=r)
+        ok = run.f_mem_by_step.notnull()
+        for name, style in (("score_error_empirical", "o-"), ("score_error_population", "s--")):
+            ax.plot(
+                run.step[ok],
+                run[name].isel(time=k)[ok],
+                style,
+                ms=3,
+                label=name.removeprefix("score_error_"),
+            )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="training step",
+            title=f"d={int(run.d)} n={int(run.n)}",
+        )
+    for ax in axes.flat[runs:]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("Δ_t ‖s_θ − s‖²/d")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Which score the network learns, at t = {t:.3g}")
+    fig.tight_layout()
+    return fig
+
+
+# --- per-run figures (the run report) -----------------------------------------------------
+
+REGIME_COLOURS = {"I": "#9e9e9e", "II": "#1f77b4", "III": "#d62728"}
+
+
+def _vline(ax, x, label, **kw):
+    if np.isfinite(x):
+        ax.axvline(x, label=label, **kw)
+
+
+def run_speciation(m: xr.Dataset):
+    """φ(t) by cloning (±1 SE) with the GMM closed form and t_S; φ_C(t) beside it."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    ax = axes[0]
+    if np.isfinite(m.phi_class).any():
+        ax.errorbar(
+            m.clone_time,
+            m.phi_class,
+            yerr=m.phi_class_se,
+            fmt="o",
+            ms=3,
+            capsize=2,
+            label="measured φ",
+        )
+        if np.isfinite(m.phi_theory).any():
+            ax.plot(m.clone_time, m.phi_theory, "k-", lw=1, label="GMM closed form")
+        ax.axhline(0.7752, color="red", ls="--", lw=0.8, label="φ = 0.7752")
+        _vline(ax, float(m.t_S_theory), "t_S = ½ log Λ", color="grey", ls=":")
+        _vline(ax, float(m.t_S_measured), "t_S measured", color="C1", ls="-.")
+        ax.legend(fontsize=7)
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            m.phi_class.attrs.get("not_applicable", "no classes"),
+            ha="center",
+            va="center",
+            wrap=True,
+            fontsize=8,
+            transform=ax.transAxes,
+        )
+    ax.set(xlabel="clone time t", ylabel="φ(t) = P(same class)", title="Speciation")
+    ax = axes[1]
+    ax.errorbar(
+        m.clone_time, m.phi_train, yerr=m.phi_train_se, fmt="s", ms=3, capsize=2, color="C3"
+    )
+    _vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
+    ax.set(xlabel="clone time t", ylabel="φ_C(t)", title="Clones end at the same training point")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run_collapse(m: xr.Dataset):
+    """Collapse fraction(t), the distribution of per-trajectory t̂_C, and f^e(t)/α."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    ax.plot(m.time, m.collapse_fraction, "-", color="C3")
+    _vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
+    _vline(ax, float(m.t_C_measured), "mean t̂_C", color="C3", ls="-.")
+    ax.set(xscale="log", xlabel="t", ylabel="fraction collapsed", title="Collapse fraction")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    sns.histplot(m.t_collapse.values, ax=ax, bins=30, color="C3")
+    _vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
+    ax.set(xlabel="t̂_C", title="Per-trajectory collapse time")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    alpha = float(m.alpha)
+    f, se = m.f_excess / alpha, m.f_excess_se / alpha
+    ax.fill_between(m.time, f - se, f + se, alpha=0.3, color="C0")
+    ax.plot(m.time, f, "-", color="C0", label="Monte Carlo f^e")
+    ax.plot(m.time, m.f_theory / alpha, "k--", lw=1, label="theory f")
+    if "f_spectrum" in m:
+        ax.plot(m.time, m.f_spectrum / alpha, ":", color="C2", lw=1, label="training spectrum")
+    _vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
+    ax.set(xscale="log", xlabel="t", ylabel="f(t) / α", title="Excess entropy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def projection(traj: xr.Dataset, train: xr.Dataset):
+    """Unit direction(s) that show the regimes: m̂ for the GMM, else the top two principal
+    components of the training data. Returns a (d, k) matrix and axis labels."""
+    if "m" in train:
+        m = train["m"].values
+        return (m / np.linalg.norm(m))[:, None], ["m̂·x"]
+    x = train["x"].values.astype(np.float64)
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    return vt[:2].T, ["PC1·x", "PC2·x"]
+
+
+def run_trajectories(traj: xr.Dataset, train: xr.Dataset, m: xr.Dataset, shown: int = 40):
+    """Backward trajectories projected on the direction that separates the classes, against
+    t, coloured by regime: I above t_S (noise), II between t_S and the trajectory's own t̂_C
+    (class chosen), III below t̂_C (collapsed onto a training point)."""
+    proj, labels = projection(traj, train)
+    t = traj.time.values
+    x = traj.x.isel(sample=slice(0, shown)).values @ proj[:, 0]  # (sample, time)
+    t_s = float(m.t_S_measured) if np.isfinite(m.t_S_measured) else float(m.t_S_theory)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for i in range(x.shape[0]):
+        t_c = float(m.t_collapse[i])
+        regime = np.where(t > t_s, "I", np.where(t > t_c, "II", "III"))
+        for name, colour in REGIME_COLOURS.items():
+            mask = regime == name
+            if mask.any():  # include the joining point so segments connect
+                idx = np.flatnonzero(mask)
+                idx = np.unique(np.clip(np.r_[idx, idx[-1] + 1], 0, len(t) - 1))
+                ax.plot(t[idx], x[i, idx], color=colour, lw=0.7, alpha=0.8)
+    ends = train["x"].values @ proj[:, 0]
+    ax.plot(np.full(len(ends), t[-1] * 0.7), ends, "k_", ms=6, label="training points")
+    for name, colour in REGIME_COLOURS.items():
+        ax.plot([], [], color=colour, label=f"regime {name}")
+    ax.axvline(t_s, color="grey", ls=":", lw=1)
+    ax.set(
+        xscale="log",
+        xlabel="t (backward: right to left)",
+        ylabel=labels[0],
+        title="Trajectories and their regimes",
+    )
+    ax.invert_xaxis()
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def run_memorisation(m: xr.Dataset):
+    """Histogram of d₁/d₂ of the end points, with the 1/3 line and f_mem."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sns.histplot(m.nn_ratio.values, bins=40, binrange=(0, 1), ax=ax, color="C4")
+    ax.axvline(1 / 3, color="red", ls="--", lw=1, label="1/3")
+    ax.set(
+        xlabel="d₁ / d₂",
+        title=f"Memorisation: f_mem = {float(m.f_mem):.3f} "
+        f"[{float(m.f_mem_ci_low):.3f}, {float(m.f_mem_ci_high):.3f}]",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run_training(m: xr.Dataset, log: xr.Dataset):
+    """Training loss and f_mem(step) of a learned score, τ_mem dotted."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.5))
+    axes[0].plot(log.step, log.loss, "-", color="C0")
+    axes[0].set(
+        xscale="log", yscale="log", xlabel="step", ylabel="DSM loss (ε-MSE)", title="Training loss"
+    )
+    ok = m.f_mem_by_step.notnull()
+    axes[1].fill_between(
+        m.step[ok], m.f_mem_by_step_ci_low[ok], m.f_mem_by_step_ci_high[ok], alpha=0.3, color="C3"
+    )
+    axes[1].plot(m.step[ok], m.f_mem_by_step[ok], "o-", color="C3", ms=3)
+    _vline(axes[1], float(m.tau_mem), "τ_mem", color="k", ls=":")
+    axes[1].set(xscale="log", xlabel="step", ylabel="f_mem", title="Memorisation along training")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# --- grid figures (the curse-of-dimensionality report) -----------------------------------
+
+
+def gmm_sigmas(summary: xr.Dataset) -> list[float]:
+    """σ of the GMM datasets in the summary (the closed forms' parameter)."""
+    if "sigma" not in summary.coords:
+        return []
+    kinds = summary["kind"].values
+    return sorted(
+        {
+            float(s)
+            for s, k in zip(summary["sigma"].values, kinds, strict=True)
+            if k == "gmm" and np.isfinite(s)
+        }
+    )
+
+
+def phase_diagram(summary: xr.Dataset, score: str = "empirical"):
+    """The (α, t) plane: regime I above t_S (one line per d), III below t_C(α), II between;
+    measured t_S (triangles) and t_C (circles) of every run of `score`."""
+    table = run_table(summary)
+    table = table[table.score == score]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if table.empty:
+        return fig
+    alphas = np.geomspace(table.alpha.min() / 2, table.alpha.max() * 2, 200)
+    ds_d = sorted(table.d.unique())
+    palette = sns.color_palette("viridis", n_colors=len(ds_d))
+    for colour, d in zip(palette, ds_d, strict=True):
+        rows = table[table.d == d]
+        ax.axhline(rows.t_S_theory.mean(), color=colour, ls=":", lw=1)
+        ax.plot(rows.alpha, rows.t_S_measured, "^", color=colour, label=f"t_S, d={d}")
+        ax.plot(rows.alpha, rows.t_C_measured, "o", color=colour, label=f"t_C, d={d}")
+    for sigma in gmm_sigmas(summary):
+        t_c = 0.5 * np.log1p(sigma**2 / np.expm1(2 * alphas))
+        ax.plot(alphas, t_c, "k-", lw=1, label=f"t_C theory (GMM σ={sigma:g}, d→∞)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="α = ln n / d",
+        ylabel="t",
+        title="Phase diagram: I above t_S (dotted), III below t_C",
+    )
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def grid_heatmaps(summary: xr.Dataset):
+    """Heatmaps over (dataset · d, n), one column per score: t_C/t_S (how much of the backward
+    path is regime II), t_C measured/theory, and f_mem. (The collapsed fraction at t_min is
+    1 by the definition of t̂_C, so it is not shown.)"""
+    table = run_table(summary)
+    table["t_C / t_S"] = table.t_C_measured / table.t_S_theory
+    table["t_C measured / theory"] = table.t_C_measured / table.t_C_theory
+    table["dataset · d"] = table.dataset + " · " + table.d.astype(str)
+    scores = list(dict.fromkeys(table.score))
+    quantities = ["t_C / t_S", "t_C measured / theory", "f_mem"]
+    fig, axes = plt.subplots(
+        len(quantities),
+        len(scores),
+        figsize=(3.8 * len(scores), 2.9 * len(quantities)),
+        squeeze=False,
+    )
+    for j, score in enumerate(scores):
+        sub = table[table.score == score]
+        for i, q in enumerate(quantities):
+            grid = sub.pivot_table(index="dataset · d", columns="n", values=q, aggfunc="mean")
+            sns.heatmap(
+                grid,
+                annot=True,
+                fmt=".2f",
+                cmap="magma",
+                ax=axes[i][j],
+                cbar=False,
+                vmin=0,
+                vmax=1 if q == "f_mem" else None,
+                annot_kws={"fontsize": 7},
+            )
+            axes[i][j].set_title(f"{score}: {q}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def n_needed(summary: xr.Dataset, eps: float, score: str = "empirical"):
+    """The training-set size that keeps t_C ≤ ε, against d: theory
+    n ≥ [1 + σ²/(e^{2ε} − 1)]^{d/2} (lines) and the grid's measurement (points: log-n
+    interpolation where the measured t_C crosses ε; an arrow when even the largest n does not
+    reach it, a lower bound)."""
+    table = run_table(summary)
+    table = table[table.score == score]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ds_d = np.array(sorted(table.d.unique()))
+    for sigma in gmm_sigmas(summary):
+        dd = np.linspace(ds_d.min(), ds_d.max(), 100)
+        log_n = dd / 2 * np.log1p(sigma**2 / np.expm1(2 * eps))
+        ax.plot(dd, np.exp(log_n), "k-", lw=1, label=f"theory (GMM σ={sigma:g})")
+    for d in ds_d:
+        rows = table[table.d == d].groupby("n").t_C_measured.mean().sort_index()
+        ns, tc = rows.index.values.astype(float), rows.values
+        below = np.flatnonzero(tc <= eps)
+        if below.size == 0:
+            ax.annotate(
+                "",
+                xy=(d, ns[-1] * 3),
+                xytext=(d, ns[-1]),
+                arrowprops={"arrowstyle": "->", "color": "C3"},
+            )
+            ax.plot(d, ns[-1], "v", color="C3")
+            continue
+        i = below[0]
+        if i == 0:
+            ax.plot(d, ns[0], "o", color="C0", mfc="none")  # already below at the smallest n
+            continue
+        w = (tc[i - 1] - eps) / (tc[i - 1] - tc[i])
+        ax.plot(d, np.exp(np.log(ns[i - 1]) + w * np.log(ns[i] / ns[i - 1])), "o", color="C0")
+    ax.plot([], [], "o", color="C0", label="measured (interpolated)")
+    ax.plot([], [], "v", color="C3", label="not reached: n > largest n")
+    ax.set(
+        yscale="log",
+        xlabel="d",
+        ylabel=f"n needed for t_C ≤ {eps:g}",
+        title="Curse of dimensionality: n ~ e^{αd}",
+    )
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from .plots import run_table
+
+RUN_REPORT = "reports/runs/{dataset}/d{d}/n{n}/s{seed}/{score}"  # relative to results/
 
 COLUMNS = [
     ("dataset", "dataset"),
@@ -27,6 +30,7 @@ COLUMNS = [
     ("t_C_theory", "t_C theory"),
     ("t_C_measured", "t_C measured"),
     ("f_mem", "f_mem"),
+    ("tau_mem", "τ_mem"),
 ]
 
 _SCRIPT = """
@@ -52,7 +56,8 @@ body { font-family: system-ui, sans-serif; margin: 2em; max-width: 80em; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }
 th { cursor: pointer; background: #f4f4f4; position: sticky; top: 0; }
-td:nth-child(-n+5), th:nth-child(-n+5) { text-align: left; }
+td:nth-child(-n+6), th:nth-child(-n+6) { text-align: left; }
+img { display: block; border: 1px solid #eee; }
 input { margin: 0.5em 0; padding: 0.3em; width: 20em; }
 """
 
@@ -64,20 +69,33 @@ def _cell(value) -> str:
     return f'<td data-v="{html.escape(str(value))}">{html.escape(str(value))}</td>'
 
 
+def run_report_stem(row) -> str:
+    """Path (without extension) of a run's report, relative to the results folder."""
+    return RUN_REPORT.format(**{k: row[k] for k in ("dataset", "d", "n", "seed", "score")})
+
+
 def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathLike) -> str:
-    """Write the index page to `out`; `reports` maps a title to a report path."""
+    """Write the index page to `out`: links to the grid-level `reports` (title → path) and
+    one table row per run with its thumbnail and a link to its report."""
     out = Path(out)
     table = run_table(summary)
+    if "tau_mem" not in table:
+        table["tau_mem"] = np.nan
     links = "\n".join(
         f'<li><a href="{html.escape(os.path.relpath(path, out.parent))}">{html.escape(title)}'
         "</a></li>"
         for title, path in reports.items()
     )
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in COLUMNS)
-    body = "\n".join(
-        "<tr>" + "".join(_cell(row[key]) for key, _ in COLUMNS) + "</tr>"
-        for _, row in table.iterrows()
-    )
+    head = "<th>report</th>" + "".join(f"<th>{html.escape(lab)}</th>" for _, lab in COLUMNS)
+    rows = []
+    for _, row in table.iterrows():
+        stem = html.escape(run_report_stem(row))
+        link = (
+            f'<td data-v="{stem}"><a href="{stem}.html"><img src="{stem}.png" '
+            f'alt="φ(t) of this run" width="160" loading="lazy"></a></td>'
+        )
+        rows.append("<tr>" + link + "".join(_cell(row[key]) for key, _ in COLUMNS) + "</tr>")
+    body = "\n".join(rows)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Dynamical regimes of diffusion models: results</title>
@@ -86,7 +104,9 @@ def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathL
 <h1>Dynamical regimes of diffusion models</h1>
 <p>{len(table)} runs over {table.dataset.nunique()} dataset(s). Times are OU times t.
 t_S: speciation (φ = 0.7752 crossing, theory ½ log Λ); t_C: collapse (mean t̂_C, theory from
-the excess entropy); f_mem: fraction of samples with d₁/d₂ &lt; 1/3.</p>
+the excess entropy); f_mem: fraction of samples with d₁/d₂ &lt; 1/3; τ_mem: training step at
+which a learned score starts to memorise. Click a thumbnail for the run's report; click a
+header to sort.</p>
 <h2>Reports</h2>
 <ul>
 {links}
@@ -131,4 +151,7 @@ def render_notebook(
     )
     exporter = HTMLExporter(exclude_input=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    # Reports must open offline and from a file: drop nbconvert's CDN scripts (require.js,
+    # MathJax); the reports use no widgets and write their math in Unicode.
+    body = re.sub(r'<script src="https?://[^"]*">\s*</script>', "", body)
     Path(html_out).write_text(body, encoding="utf-8")

@@ -29,6 +29,7 @@ from .store import load_checkpoint, save_atomic
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint_step{:08d}.pt"
+STATE_KEYS = {"model", "ema", "optimizer", "rng", "step", "history", "window", "fingerprint"}
 
 
 def checkpoint_steps(total: int, count: int, first: int = 10) -> list[int]:
@@ -44,9 +45,9 @@ def _newest_checkpoint(folder: Path, fingerprint: str, device):
     Checkpoints of other settings are stale (the config changed): they are removed."""
     for path in sorted(folder.glob("checkpoint_step*.pt"), reverse=True):
         state = load_checkpoint(path, device)
-        if state.get("fingerprint") == fingerprint:
+        if state.get("fingerprint") == fingerprint and STATE_KEYS <= set(state):
             return path, state
-        log.info("removing %s: written with other settings", path.name)
+        log.info("removing %s: written with other settings or code", path.name)
         path.unlink()
     return None, None
 

@@ -10,7 +10,7 @@ CONDA_ENV = "../../envs/diffregimes.yaml"
 
 def config_error(key, message):
     raise WorkflowError(
-        f"config key '{key}': {message} (config file: {workflow.configfiles})"
+        f"config key '{key}': {message} (config file: {', '.join(map(str, workflow.configfiles))})"
     )
 
 
@@ -28,7 +28,26 @@ def check_config(cfg):
         config_error(
             "cloning.pairs", "at most sampler.samples (clones branch off trajectories)"
         )
+    known = list(EXACT_SCORES) + list(cfg["models"])
+    for name, ds in cfg["datasets"].items():
+        for score in ds["scores"]:
+            if score not in known:
+                close = difflib.get_close_matches(score, known, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                config_error(
+                    f"datasets.{name}.scores",
+                    f"'{score}' is neither an exact score ({', '.join(EXACT_SCORES)}) nor a "
+                    f"model defined under 'models' ({', '.join(cfg['models']) or 'none'})."
+                    + hint,
+                )
+    for name, model in cfg["models"].items():
+        if model["arch"] == "unet":
+            config_error(
+                f"models.{name}.arch", "unet needs image datasets; use arch: mlp"
+            )
 
+
+EXACT_SCORES = ("population", "empirical")
 
 check_config(config)
 
@@ -98,6 +117,23 @@ def get_dataset_spec(w):
 def section(name):
     """A config section as a rule param (canonical key order)."""
     return canonical(config[name])
+
+
+def run_reports(ext="html"):
+    """Every run report (or its thumbnail), in run-table order."""
+    return [
+        "results/reports/runs/{dataset}/d{d}/n{n}/s{seed}/{score}.{ext}".format(
+            ext=ext, **run
+        )
+        for run in run_table()
+    ]
+
+
+def get_train_log(w):
+    """A learned score's training log, for its run report."""
+    if not is_model(w.score):
+        return []
+    return [f"{model_dir(w)}/train_log.zarr"]
 
 
 def is_model(score):

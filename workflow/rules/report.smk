@@ -1,17 +1,48 @@
-# Reports: the grid summary notebook rendered to HTML, and the index page.
+# Reports: one per run, the grid report over (n, d), and the index page that links them.
+
+
+rule report_run:
+    input:
+        metrics=f"results/metrics/{CELL}/{{score}}.zarr",
+        trajectories=f"results/trajectories/{CELL}/{{score}}.zarr",
+        train=train_store,
+        train_log=get_train_log,
+        notebook=f"{workflow.basedir}/workflow/notebooks/run.ipynb",
+        code=modules("plots", "reports"),
+    output:
+        notebook=f"results/reports/runs/{CELL}/{{score}}.ipynb",
+        html=report(
+            f"results/reports/runs/{CELL}/{{score}}.html",
+            caption="../report/run.rst",
+            category="Runs",
+            subcategory="{dataset}",
+            labels={"d": "{d}", "n": "{n}", "seed": "{seed}", "score": "{score}"},
+        ),
+        thumbnail=f"results/reports/runs/{CELL}/{{score}}.png",
+    log:
+        f"results/logs/report/{CELL}/{{score}}.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/report_run.py"
 
 
 rule report_summary:
     input:
         summary="results/summary.zarr",
         notebook=f"{workflow.basedir}/workflow/notebooks/summary.ipynb",
-        code=modules("plots", "reports"),
+        code=modules("plots", "reports", "theory"),
     output:
         notebook="results/reports/summary.ipynb",
         html=report(
             "results/reports/summary.html",
             caption="../report/summary.rst",
             category="Grid",
+            labels={"report": "curse of dimensionality"},
         ),
     log:
         "results/logs/report/summary.log",
@@ -28,10 +59,12 @@ rule report_summary:
 rule index:
     input:
         summary="results/summary.zarr",
-        reports=["results/reports/summary.html"],
+        grid="results/reports/summary.html",
+        runs=run_reports(),
+        thumbnails=run_reports("png"),
         code=modules("reports"),
     output:
-        "results/index.html",
+        report("results/index.html", caption="../report/index.rst", category="Index"),
     log:
         "results/logs/report/index.log",
     conda:
