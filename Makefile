@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint dry-run bench clean
+.PHONY: run test lint dry-run bench report chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +20,30 @@ run: $(VENV)/.installed
 	@echo
 	@echo "Results: open file://$(CURDIR)/results/index.html"
 
+# A self-contained Snakemake report (every figure and report, with captions) after `make run`.
+report: $(VENV)/.installed
+	$(BIN)/snakemake --report results/report.zip
+	@echo "Report: $(CURDIR)/results/report.zip"
+
 dry-run: $(VENV)/.installed
 	$(BIN)/snakemake -n --quiet rules
 
-test: $(VENV)/.installed
+# Headless Chromium for tests/test_browser.py: Debian's package, installed when we can (root
+# with apt); otherwise that test is skipped with the reason.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+	       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } \
+	  || echo "chromium not installed (needs root and apt): the browser test will be skipped"; }
+
+test: $(VENV)/.installed chromium
 	$(BIN)/python -m pytest
 
-# Benchmarks print ratios measured in one run on this machine (see bench/*.py).
+# Benchmarks print ratios measured in one run on this machine (see bench/*.py): tables, then one
+# merged JSON object. faiss-cpu (the neighbours reference) comes from the `bench` extra.
 bench: $(VENV)/.installed
-	$(BIN)/python bench/train_loop.py
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run_all.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src scripts tests bench

@@ -92,7 +92,7 @@ def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathL
         stem = html.escape(run_report_stem(row))
         link = (
             f'<td data-v="{stem}"><a href="{stem}.html"><img src="{stem}.png" '
-            f'alt="φ(t) of this run" width="160" loading="lazy"></a></td>'
+            f'alt="φ(t) of this run" width="160"></a></td>'
         )
         rows.append("<tr>" + link + "".join(_cell(row[key]) for key, _ in COLUMNS) + "</tr>")
     body = "\n".join(rows)

@@ -84,6 +84,13 @@ def metrics_stores(wildcards=None):
     ]
 
 
+def code(script, *names):
+    """A rule's script and the library files it imports, as checksummed inputs: a content
+    change reruns the rule, a `touch` does not (the profiles drop the `code` rerun trigger,
+    which compares script mtimes)."""
+    return [f"{workflow.basedir}/scripts/{script}.py", *modules(*names)]
+
+
 def modules(*names):
     """Library files a rule imports, so that editing one reruns the rule (and only it)."""
     return [f"{PKG}/{name}.py" for name in names]

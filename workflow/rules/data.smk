@@ -3,7 +3,7 @@
 
 rule data:
     input:
-        modules("data", "seeds", "store"),
+        code=code("make_data", "data", "seeds", "store"),
     output:
         train=directory(f"results/data/{CELL}/train.zarr"),
         test=directory(f"results/data/{CELL}/test.zarr"),

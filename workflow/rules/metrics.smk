@@ -4,7 +4,9 @@
 rule theory:
     input:
         train=train_store,
-        code=modules("measure", "metrics", "theory", "neighbours", "process", "data"),
+        code=code(
+            "theory", "measure", "metrics", "theory", "neighbours", "process", "data"
+        ),
     output:
         directory(f"results/theory/{CELL}/theory.zarr"),
     log:
@@ -32,7 +34,7 @@ rule metrics:
         train=train_store,
         theory=theory_path,
         training=get_training_axis,
-        code=modules("measure", "metrics", "theory", "neighbours"),
+        code=code("metrics", "measure", "metrics", "theory", "neighbours"),
     output:
         directory(f"results/metrics/{CELL}/{{score}}.zarr"),
     log:
@@ -54,7 +56,7 @@ rule metrics:
 rule summary:
     input:
         stores=metrics_stores(),
-        code=modules("measure", "store"),
+        code=code("summary", "measure", "store"),
     output:
         directory("results/summary.zarr"),
     log:

@@ -8,7 +8,7 @@ rule report_run:
         train=train_store,
         train_log=get_train_log,
         notebook=f"{workflow.basedir}/workflow/notebooks/run.ipynb",
-        code=modules("plots", "reports"),
+        code=code("report_run", "plots", "reports"),
     output:
         notebook=f"results/reports/runs/{CELL}/{{score}}.ipynb",
         html=report(
@@ -35,7 +35,7 @@ rule report_summary:
     input:
         summary="results/summary.zarr",
         notebook=f"{workflow.basedir}/workflow/notebooks/summary.ipynb",
-        code=modules("plots", "reports", "theory"),
+        code=code("report", "plots", "reports", "theory"),
     output:
         notebook="results/reports/summary.ipynb",
         html=report(
@@ -62,7 +62,7 @@ rule index:
         grid="results/reports/summary.html",
         runs=run_reports(),
         thumbnails=run_reports("png"),
-        code=modules("reports"),
+        code=code("index", "reports"),
     output:
         report("results/index.html", caption="../report/index.rst", category="Index"),
     log:

@@ -5,8 +5,15 @@ rule sample:
     input:
         train=train_store,
         model=get_score_inputs,
-        code=modules(
-            "generate", "samplers", "scores", "neighbours", "process", "device", "nets"
+        code=code(
+            "sample",
+            "generate",
+            "samplers",
+            "scores",
+            "neighbours",
+            "process",
+            "device",
+            "nets",
         ),
     output:
         directory(f"results/trajectories/{CELL}/{{score}}.zarr"),

@@ -4,7 +4,7 @@
 rule train:
     input:
         train=train_store,
-        code=modules("train", "nets", "process", "device", "store", "seeds"),
+        code=code("train", "train", "nets", "process", "device", "store", "seeds"),
     output:
         model=f"results/models/{CELL}/{{model}}/final.pt",
         log_store=directory(f"results/models/{CELL}/{{model}}/train_log.zarr"),
@@ -31,8 +31,14 @@ rule training_axis:
         model=f"results/models/{CELL}/{{model}}/final.pt",
         train=train_store,
         test=f"results/data/{CELL}/test.zarr",
-        code=modules(
-            "training_axis", "nets", "samplers", "scores", "neighbours", "metrics"
+        code=code(
+            "training_axis",
+            "training_axis",
+            "nets",
+            "samplers",
+            "scores",
+            "neighbours",
+            "metrics",
         ),
     output:
         directory(f"results/training/{CELL}/{{model}}.zarr"),

@@ -1,0 +1,302 @@
+"""Benchmark: the distance kernel (neighbours.py) against the machine's limits (issue 7).
+
+Measures, in one run on this machine, and prints tables and one JSON line:
+- empirical_score_vs_matmul: FLOP rate of one EmpiricalScore call (4·B·n·d flops: x·aᵀ and
+  weights·a) over torch.matmul's rate on the same two products (dense Gaussian operands), worst
+  case over d ∈ {256, 1024, 3072} × n ∈ {4096, 32768} (goal ≥ 0.7);
+- neighbours_vs_faiss: time of exact top-2 `neighbours.nearest` over faiss-cpu's exact
+  IndexFlatL2 search on the same float32 data, same threads, worst case (goal ≤ 1.0), with the
+  indices checked identical;
+- peak_rss_ratio_65536_vs_4096 (run first, while this process is small): peak RSS of a
+  sampling job (bench/sample_job.py, own process)
+  at n = 65536 over n = 4096, raw and less each job's training set n·d·4 bytes (goal ≈ 1);
+- sampling_cost_exponent_in_n: log-log slope of the sampling job's wall time against n at fixed d
+  (goal ≈ 1);
+- dry_run_10k_jobs_s: `snakemake -n` on a generated ~10 000-job grid (goal ≤ 30 s).
+Reference and kernel are timed interleaved, best of `--repeats`, so that a loaded machine
+penalises both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from diffregimes import neighbours
+from diffregimes.process import delta
+from diffregimes.scores import EmpiricalScore
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = [(d, n) for d in (256, 1024, 3072) for n in (4096, 32768)]
+
+
+def best_times(fns, repeats):
+    """Best wall time of each function, calls interleaved, after one warm-up call each."""
+    for f in fns:
+        f()
+    best = [math.inf] * len(fns)
+    for _ in range(repeats):
+        for k, f in enumerate(fns):
+            start = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best
+
+
+def noised_points(train, batch, t, gen):
+    """Points of the forward process at time t from random training points (the sampler's x)."""
+    idx = torch.randint(train.shape[0], (batch,), generator=gen)
+    z = torch.randn(batch, train.shape[1], generator=gen)
+    return train[idx] * math.exp(-t) + math.sqrt(delta(t)) * z
+
+
+def bench_score(batch, repeats, t):
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for d, n in SHAPES:
+        train = torch.randn(n, d, generator=gen)
+        x = noised_points(train, batch, t, gen)
+        weights = torch.randn(batch, n, generator=gen)
+        score = EmpiricalScore(train)
+
+        def reference(x=x, train=train, weights=weights):
+            return torch.matmul(x, train.T), torch.matmul(weights, train)
+
+        t_ref, t_score = best_times([reference, lambda s=score, x=x: s(x, t)], repeats)
+        flops = 4 * batch * n * d
+        rows.append(
+            dict(
+                d=d,
+                n=n,
+                batch=batch,
+                matmul_gflops=flops / t_ref / 1e9,
+                score_gflops=flops / t_score / 1e9,
+                ratio=t_ref / t_score,
+            )
+        )
+        print(
+            f"  d={d:5d} n={n:6d}  matmul {rows[-1]['matmul_gflops']:6.1f} GFLOP/s  "
+            f"score {rows[-1]['score_gflops']:6.1f} GFLOP/s  ratio {rows[-1]['ratio']:.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def bench_faiss(queries, repeats):
+    try:
+        import faiss
+    except ImportError:
+        print("  faiss-cpu is not installed (pip install -e '.[bench]'): skipped")
+        return []
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+    for d, n in SHAPES:
+        train = torch.randn(n, d, generator=gen)
+        x = noised_points(train, queries, 0.5, gen)
+        index = faiss.IndexFlatL2(d)
+        index.add(train.numpy())
+        xq = x.numpy()
+        t_faiss, t_ours = best_times(
+            [
+                lambda i=index, q=xq: i.search(q, 2),
+                lambda x=x, a=train: neighbours.nearest(x, a, 2),
+            ],
+            repeats,
+        )
+        _, fi = index.search(xq, 2)
+        _, ours = neighbours.nearest(x, train, 2)
+        ours = ours.numpy()
+        mismatch = int((fi != ours).any(1).sum())
+        exact_ok = True
+        if mismatch:  # who is right? float64 direct distances of both answers
+            rows_bad = np.nonzero((fi != ours).any(1))[0]
+            xd, ad = x.double()[rows_bad], train.double()
+            for mine, theirs, q in zip(ours[rows_bad], fi[rows_bad], xd, strict=True):
+                dm = ((ad[mine] - q) ** 2).sum(1)
+                df = ((ad[theirs] - q) ** 2).sum(1)
+                exact_ok &= bool((dm <= df).all())
+        rows.append(
+            dict(
+                d=d,
+                n=n,
+                queries=queries,
+                faiss_s=t_faiss,
+                nearest_s=t_ours,
+                ratio=t_ours / t_faiss,
+                index_mismatches=mismatch,
+                nearest_exact_where_different=exact_ok,
+            )
+        )
+        print(
+            f"  d={d:5d} n={n:6d}  faiss {t_faiss * 1e3:8.1f} ms  nearest {t_ours * 1e3:8.1f} ms"
+            f"  ratio {t_ours / t_faiss:.2f}  rows with different indices {mismatch}",
+            flush=True,
+        )
+    return rows
+
+
+def run_sample_job(n, d, threads):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sample_job.py"), "--n", str(n), "--d", str(d)]
+        + ["--threads", str(threads)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_sampling(sizes, d, repeats, threads):
+    jobs = {n: [] for n in sizes}
+    for _ in range(repeats):
+        for n in sizes:
+            jobs[n].append(run_sample_job(n, d, threads))
+    rows = []
+    for n in sizes:
+        runs = jobs[n]
+        rows.append(
+            dict(
+                n=n,
+                d=d,
+                wall_s=min(r["wall_s"] for r in runs),
+                max_rss_mb=max(r["max_rss_bytes"] for r in runs) / 2**20,
+                base_rss_mb=min(r["base_rss_bytes"] for r in runs) / 2**20,
+                train_mb=runs[0]["train_bytes"] / 2**20,
+            )
+        )
+        r = rows[-1]
+        print(
+            f"  n={n:6d} d={d}  wall {r['wall_s']:7.2f} s  peak RSS {r['max_rss_mb']:7.1f} MB"
+            f"  (interpreter+torch {r['base_rss_mb']:.1f} MB, training set {r['train_mb']:.1f} MB)",
+            flush=True,
+        )
+    return rows
+
+
+def grid_config(target_jobs=10_000):
+    """The default config with a gmm grid of about `target_jobs` jobs: 13 jobs per
+    (d, n, seed) cell with scores population, empirical and mlp, plus 4 summary jobs."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    ds, seeds = [8, 16, 32, 64], [0, 1, 2, 3]
+    cells = (target_jobs - 4) // 13
+    ns = [64 + 16 * i for i in range(cells // (len(ds) * len(seeds)))]
+    cfg["seeds"] = seeds
+    cfg["datasets"] = {
+        "gmm": dict(
+            kind="gmm", mu=1.0, sigma=1.0, d=ds, n=ns, scores=["population", "empirical", "mlp"]
+        )
+    }
+    return cfg
+
+
+def bench_dry_run():
+    with tempfile.TemporaryDirectory() as folder:
+        cfg_path = Path(folder) / "grid.yaml"
+        cfg_path.write_text(yaml.safe_dump(grid_config()))
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+        cmd += ["--directory", folder, "--configfile", str(cfg_path), "-n", "--quiet", "rules"]
+        start = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=folder)
+        wall = time.perf_counter() - start
+    total = [line.split()[-1] for line in out.stdout.splitlines() if line.startswith("total")]
+    jobs = int(total[0]) if total else -1
+    print(f"  snakemake -n on a {jobs}-job grid: {wall:.1f} s")
+    return wall, jobs
+
+
+def slope(xs, ys):
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--faiss-queries", type=int, default=512)
+    parser.add_argument("--faiss-repeats", type=int, default=2)
+    parser.add_argument("--sample-d", type=int, default=128)
+    parser.add_argument("--sample-n", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--sample-repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--skip", nargs="*", default=[], help="score faiss sampling dry_run")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"device cpu ({platform.processor() or platform.machine()}, "
+        f"{torch.backends.cpu.get_cpu_capability()}), {threads} threads, torch "
+        f"{torch.__version__}, float32; {os.cpu_count()} CPUs, load average {load:.1f} at start"
+    )
+    if load > (os.cpu_count() or 1):
+        print("  note: the machine is busy with other processes; ratios are interleaved, but the")
+        print("  absolute rates, and 2-thread kernels with many short ops, suffer most")
+    result = {"device": "cpu", "threads": threads, "load_average_at_start": load}
+
+    if "sampling" not in args.skip:
+        sizes = sorted(set(args.sample_n) | {4096, 65536})
+        print(
+            f"\nSampling job with the empirical score (bench/sample_job.py, own process each: "
+            f"256 samples, 40 Euler–Maruyama steps, 2 clone times × 64 pairs; d={args.sample_d})"
+        )
+        rows = bench_sampling(sizes, args.sample_d, args.sample_repeats, threads)
+        by_n = {r["n"]: r for r in rows}
+        small, large = by_n[4096], by_n[65536]
+        raw = large["max_rss_mb"] / small["max_rss_mb"]
+        net = (large["max_rss_mb"] - large["train_mb"]) / (small["max_rss_mb"] - small["train_mb"])
+        fit = [r for r in rows if r["n"] in args.sample_n]
+        exponent = slope([r["n"] for r in fit], [r["wall_s"] for r in fit])
+        print(f"  peak RSS ratio n=65536/4096: raw {raw:.3f}, less the training sets {net:.3f}")
+        print(f"  wall time ∝ n^{exponent:.2f} over n = {[r['n'] for r in fit]} (goal ≈ 1)")
+        result["peak_rss_ratio_65536_vs_4096"] = raw
+        result["peak_rss_ratio_65536_vs_4096_less_train"] = net
+        result["sampling_cost_exponent_in_n"] = exponent
+        result["sampling_jobs"] = rows
+
+    if "score" not in args.skip:
+        print(
+            f"\nEmpiricalScore call vs torch.matmul (x·aᵀ (B×d)(d×n) + w·a (B×n)(n×d), "
+            f"B={args.batch}, t=0.5, best of {args.repeats}; goal ≥ 0.7)"
+        )
+        rows = bench_score(args.batch, args.repeats, 0.5)
+        result["empirical_score_vs_matmul"] = min(r["ratio"] for r in rows)
+        result["empirical_score_shapes"] = rows
+
+    if "faiss" not in args.skip:
+        print(
+            f"\nExact top-2 neighbours.nearest vs faiss IndexFlatL2.search ({args.faiss_queries} "
+            f"queries, float32, best of {args.faiss_repeats}; goal ≤ 1.0, identical indices)"
+        )
+        rows = bench_faiss(args.faiss_queries, args.faiss_repeats)
+        if rows:
+            result["neighbours_vs_faiss"] = max(r["ratio"] for r in rows)
+            result["neighbours_identical_indices"] = all(r["index_mismatches"] == 0 for r in rows)
+            result["neighbours_shapes"] = rows
+        else:
+            result["neighbours_vs_faiss"] = None
+
+    if "dry_run" not in args.skip:
+        print("\nsnakemake -n --quiet rules on a generated gmm grid (goal ≤ 30 s)")
+        wall, jobs = bench_dry_run()
+        result["dry_run_10k_jobs_s"] = wall
+        result["dry_run_jobs"] = jobs
+
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

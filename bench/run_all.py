@@ -1,0 +1,53 @@
+"""`make bench`: run bench/kernels.py and bench/train_loop.py, echo their tables, and print one
+merged JSON object (the keys of issue 7) as the last line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KEYS = (
+    "empirical_score_vs_matmul",
+    "neighbours_vs_faiss",
+    "peak_rss_ratio_65536_vs_4096",
+    "sampling_cost_exponent_in_n",
+    "dry_run_10k_jobs_s",
+    "train_vs_bare_loop",
+)
+
+
+def run(script: str, *args: str) -> dict:
+    """Run one benchmark, echo its output but the JSON line, return that JSON line parsed."""
+    print(f"== bench/{script} {' '.join(args)}".rstrip(), flush=True)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / script), *args], check=True, capture_output=True, text=True
+    )
+    lines = proc.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]), flush=True)
+    return json.loads(lines[-1])
+
+
+def main():
+    start = time.perf_counter()
+    kernels = run("kernels.py", *sys.argv[1:])
+    print()
+    train = run("train_loop.py")
+    merged = {key: None for key in KEYS}
+    merged.update(kernels)
+    merged["train_vs_bare_loop"] = train.pop("train_vs_bare_loop")
+    merged["train_loop"] = train
+    merged["bench_wall_s"] = time.perf_counter() - start
+    print("\nSummary (goals: score/matmul ≥ 0.7, nearest/faiss ≤ 1.0, RSS ratio ≈ 1, exponent ≈ 1,")
+    print("dry run ≤ 30 s, train/bare ≥ 0.9)")
+    for key in KEYS:
+        value = merged[key]
+        print(f"  {key:<32}{'n/a' if value is None else f'{value:.3f}':>10}")
+    print(json.dumps(merged))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Reruns of exactly what changed, asserted on dry-run job lists after one small local run.
+
+The workflow (Snakefile, workflow/, scripts/, src/, envs/, config/, profiles/) is copied to a
+temporary directory and run there, so that the code-edit cases edit the copy and never the
+repository; the jobs themselves import the installed package. The grid is smaller than
+tiny.yaml (one cell, two learned scores and one exact score) to keep the run short: reruns
+depend on the shape of the DAG, not on the size of the jobs.
+
+Touching a rule's script (scripts/*.py) does rerun that rule: Snakemake 9 sees script edits
+only through the script's modification time (see profiles/slurm/config.yaml).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "config" / "tiny.yaml"
+COPIED = ["Snakefile", "workflow", "scripts", "src", "envs", "config", "profiles"]
+PIPELINE = {"data", "theory", "train", "training_axis", "sample", "metrics", "summary"}
+
+pytestmark = pytest.mark.slow
+
+
+def small_config() -> dict:
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["datasets"] = {"gmm": {**cfg["datasets"]["gmm"], "d": [4], "n": [16]}}
+    cfg["datasets"]["gmm"]["scores"] = ["empirical", "mlp", "mlp_b"]
+    cfg["models"]["mlp"].update(steps=40, checkpoints=2, log_every=10)
+    cfg["models"]["mlp_b"] = {**cfg["models"]["mlp"], "width": 16}
+    cfg["training_axis"].update(checkpoints=2, samples=16, score_points=8)
+    return cfg
+
+
+class Workflow:
+    """A copy of the workflow and a working directory with one finished run."""
+
+    def __init__(self, root: Path):
+        self.repo = root / "repo"
+        self.workdir = root / "work"
+        self.configs = root / "configs"
+        for path in (self.repo, self.workdir, self.configs):
+            path.mkdir()
+        for name in COPIED:
+            src = ROOT / name
+            if src.is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".snakemake")
+                shutil.copytree(src, self.repo / name, ignore=ignore)
+            else:
+                shutil.copy2(src, self.repo / name)
+        self.config = small_config()
+        self.base = self.write_config(self.config, "base.yaml")
+
+    def write_config(self, cfg: dict, name: str) -> Path:
+        path = self.configs / name
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def snakemake(self, *args: str, config: Path | None = None) -> str:
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(self.repo / "Snakefile"),
+            "--directory",
+            str(self.workdir),
+            "--cores",
+            "2",
+            "--configfile",
+            str(config or self.base),
+            *args,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir)
+        if proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def planned(self, config: Path | None = None) -> dict[str, int]:
+        """Jobs per rule that a dry run plans (without the target rule `all`)."""
+        out = self.snakemake("-n", config=config)
+        counts = {r: int(c) for r, c in re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M)}
+        counts.pop("total", None)
+        counts.pop("all", None)
+        return counts
+
+    def changed(self, edit) -> dict[str, int]:
+        cfg = copy.deepcopy(self.config)
+        edit(cfg)
+        return self.planned(self.write_config(cfg, "changed.yaml"))
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory):
+    wf = Workflow(tmp_path_factory.mktemp("reruns"))
+    wf.snakemake()
+    return wf
+
+
+def report(case: str, jobs: dict[str, int]):
+    total = sum(jobs.values())
+    line = f"{case}: {total} jobs {dict(sorted(jobs.items()))}"
+    print(line)
+    out = os.environ.get("DIFFREGIMES_RERUN_REPORT")
+    if out:
+        with open(out, "a") as fh:
+            fh.write(line + "\n")
+
+
+def split(jobs: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(pipeline jobs, report jobs) of a job list."""
+    core = {r: c for r, c in jobs.items() if r in PIPELINE}
+    return core, {r: c for r, c in jobs.items() if r not in PIPELINE}
+
+
+def assert_reruns(jobs: dict[str, int], pipeline: dict[str, int], runs: int):
+    """Exactly `pipeline` among the pipeline rules; the grid report and index once, and each
+    per-run report rule (report_*) once per rerun run."""
+    core, reports = split(jobs)
+    assert core == pipeline, jobs
+    assert reports.pop("report_summary", 0) == 1 and reports.pop("index", 0) == 1, jobs
+    assert all(r.startswith("report_") and c == runs for r, c in reports.items()), jobs
+
+
+def test_nothing_changed_nothing_to_do(wf):
+    jobs = wf.planned()
+    report("nothing changed", jobs)
+    assert jobs == {}
+
+
+def test_metric_setting_reruns_metrics_and_reports_only(wf):
+    jobs = wf.changed(lambda c: c["metrics"].update(bootstrap=30))
+    report("metric setting (metrics.bootstrap)", jobs)
+    assert_reruns(jobs, {"metrics": 3, "summary": 1}, runs=3)
+
+
+def test_sampler_setting_reruns_sampling_onward(wf):
+    jobs = wf.changed(lambda c: c["sampler"].update(name="heun"))
+    report("sampler setting (sampler.name)", jobs)
+    # training_axis samples from each checkpoint with the configured sampler.
+    assert_reruns(jobs, {"sample": 3, "training_axis": 2, "metrics": 3, "summary": 1}, runs=3)
+
+
+def test_sampler_module_edit_reruns_sampling_onward(wf):
+    module = wf.repo / "src" / "diffregimes" / "samplers.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# an edit that changes the file's content\n")
+        jobs = wf.planned()
+    finally:
+        module.write_text(original)
+    report("sampler module edited (src/diffregimes/samplers.py)", jobs)
+    assert_reruns(jobs, {"sample": 3, "training_axis": 2, "metrics": 3, "summary": 1}, runs=3)
+    assert wf.planned() == {}  # content restored: nothing to do although the mtime is newer
+
+
+def test_model_setting_reruns_that_model_only(wf):
+    jobs = wf.changed(lambda c: c["models"]["mlp_b"].update(width=24))
+    report("model setting (models.mlp_b.width)", jobs)
+    assert_reruns(
+        jobs,
+        {"train": 1, "training_axis": 1, "sample": 1, "metrics": 1, "summary": 1},
+        runs=1,
+    )
+
+
+def test_new_n_adds_its_cells_and_the_grid_outputs(wf):
+    jobs = wf.changed(lambda c: c["datasets"]["gmm"].update(n=[16, 32]))
+    report("one n added (gmm n: [16] -> [16, 32])", jobs)
+    new_cell = {"data": 1, "theory": 1, "train": 2, "training_axis": 2, "sample": 3, "metrics": 3}
+    assert_reruns(jobs, {**new_cell, "summary": 1}, runs=3)
+
+
+def test_touching_files_reruns_nothing(wf):
+    """`touch` without a content change: library modules, notebooks, rules, envs, configs."""
+    touched = [wf.repo / "Snakefile", wf.base]
+    for name in ("src", "workflow", "envs", "config", "profiles"):
+        touched += [p for p in (wf.repo / name).rglob("*") if p.is_file()]
+    assert any(p.name == "samplers.py" for p in touched)
+    for path in touched:
+        path.touch()
+    jobs = wf.planned()
+    report(f"touched {len(touched)} files (library, notebooks, rules, envs, configs)", jobs)
+    assert jobs == {}
+
+
+def test_touching_a_rule_script_reruns_nothing(wf):
+    script = wf.repo / "scripts" / "sample.py"
+    stat = script.stat()
+    try:
+        script.touch()
+        jobs = wf.planned()
+    finally:
+        os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    report("touched scripts/sample.py", jobs)
+    assert jobs == {}
