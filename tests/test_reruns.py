@@ -6,8 +6,9 @@ repository; the jobs themselves import the installed package. The grid is smalle
 tiny.yaml (one cell, two learned scores and one exact score) to keep the run short: reruns
 depend on the shape of the DAG, not on the size of the jobs.
 
-Touching a rule's script (scripts/*.py) does rerun that rule: Snakemake 9 sees script edits
-only through the script's modification time (see profiles/slurm/config.yaml).
+Every rule lists its script and the library modules it imports as checksummed inputs and the
+profiles leave out the `code` rerun trigger (script mtime), so touching any file, scripts
+included, reruns nothing while a content change reruns exactly the rules that use it.
 """
 
 from __future__ import annotations
