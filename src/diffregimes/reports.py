@@ -16,6 +16,8 @@ import xarray as xr
 
 from .plots import run_table
 
+# An empty inline icon: browsers then do not request /favicon.ico (a 404 in every server log).
+NO_FAVICON = '<link rel="icon" href="data:,">'
 RUN_REPORT = "reports/runs/{dataset}/d{d}/n{n}/s{seed}/{score}"  # relative to results/
 
 COLUMNS = [
@@ -97,7 +99,7 @@ def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathL
         rows.append("<tr>" + link + "".join(_cell(row[key]) for key, _ in COLUMNS) + "</tr>")
     body = "\n".join(rows)
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8">{NO_FAVICON}
 <title>Dynamical regimes of diffusion models: results</title>
 <style>{_STYLE}</style></head>
 <body>
@@ -154,4 +156,5 @@ def render_notebook(
     # Reports must open offline and from a file: drop nbconvert's CDN scripts (require.js,
     # MathJax); the reports use no widgets and write their math in Unicode.
     body = re.sub(r'<script src="https?://[^"]*">\s*</script>', "", body)
+    body = body.replace("<head>", f"<head>\n{NO_FAVICON}", 1)
     Path(html_out).write_text(body, encoding="utf-8")
