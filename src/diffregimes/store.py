@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
 import zarr
 
@@ -95,6 +94,8 @@ def settings(ds: xr.Dataset, key: str = "settings") -> dict:
 
 def load_checkpoint(path: str | os.PathLike, device="cpu") -> dict:
     """torch.load with ``weights_only=True``; a file that is not a tensor file is refused."""
+    import torch  # here, not at the top: most jobs that read stores never load a checkpoint
+
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # pickle, zip and format errors all mean the same to a user
@@ -107,6 +108,8 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> dict:
 
 def save_atomic(obj, path):
     """torch.save beside the target, then rename: a killed job never leaves half a file."""
+    import torch
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     torch.save(obj, tmp)
