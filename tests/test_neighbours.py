@@ -10,15 +10,6 @@ from diffregimes.neighbours import chunk_sizes, log_partition, nearest, softmax_
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add contention (10× slower on a loaded 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _data(batch, n, d, seed, dtype=F64):
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(n, d, generator=g, dtype=F64)

@@ -35,15 +35,6 @@ METRICS_CFG = {"memory_budget_mb": BUDGET_MB, "memorisation_threshold": 1 / 3, "
 PHI_DISCRETISATION_SLACK = 0.006
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine's 2 cores are shared: one torch thread per test."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _gmm_train(d: int, n: int, seed: int = 0):
     spec = {"kind": "gmm", "mu": MU, "sigma": SIGMA, "direction": "ones", "test_size": 1}
     train, _ = data.make_synthetic(spec, "gmm", d, n, seed)

@@ -28,15 +28,6 @@ from diffregimes.process import (
 T, T_MIN, STEPS = 5.0, 1e-3, 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add contention (10× slower on a loaded 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # --- Δ_t and log-SNR ------------------------------------------------------------------------
 
 

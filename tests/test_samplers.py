@@ -22,15 +22,6 @@ N = 4000
 DETERMINISTIC = sorted(set(SAMPLERS) - STOCHASTIC)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add contention (10× slower on a loaded 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def gmm():
     return GMMScore(torch.ones(D, dtype=F64) * MU, SIGMA)

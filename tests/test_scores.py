@@ -19,15 +19,6 @@ TIMES = [1e-3, 0.05, 0.3, 1.0, 3.0]
 SIGMAS = [0.7, 1.6]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add contention (10× slower on a loaded 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _autograd_score(log_density, x, t):
     x = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(log_density(x, t).sum(), x)

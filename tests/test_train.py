@@ -47,14 +47,6 @@ def gmm(d, n, sigma, seed=0, test_size=512):
     return data.make_synthetic(spec, "g", d, n, seed)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise-reproducible runs and a fair share of a loaded machine
-    yield
-    torch.set_num_threads(old)
-
-
 def test_networks_shapes_and_zero_start():
     x, t = torch.randn(5, 12), torch.rand(5) + 0.01
     mlp = nets.build_network(model_cfg(), 12)
