@@ -35,18 +35,25 @@ def run_table(summary: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(cols).sort_values(keys).reset_index(drop=True)
 
 
+def _panels_by_d(sub: xr.Dataset):
+    """A row of panels, one per d (shared y axis): (fig, axes, [(ax, d, runs of that d)])."""
+    ds_d = sorted({int(v) for v in sub.d.values})
+    k = max(1, len(ds_d))
+    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 3.4), squeeze=False, sharey=True)
+    panels = [
+        (ax, d, sub.where(sub.d == d, drop=True)) for ax, d in zip(axes[0], ds_d, strict=True)
+    ]
+    return fig, axes, panels
+
+
 def speciation_curves(summary: xr.Dataset, score: str = "population"):
     """φ(t) measured (points, ±1 SE) and the GMM closed form (line), one panel per d."""
     sub = summary.where(summary.score == score, drop=True)
     sub = sub.where(
         np.isfinite(sub.t_S_theory) & (sub.phi_class.count("clone_time") > 0), drop=True
     )
-    ds_d = sorted(set(int(v) for v in sub.d.values))
-    fig, axes = plt.subplots(
-        1, max(1, len(ds_d)), figsize=(4.2 * max(1, len(ds_d)), 3.4), squeeze=False, sharey=True
-    )
-    for ax, d in zip(axes[0], ds_d, strict=False):
-        runs = sub.where(sub.d == d, drop=True)
+    fig, axes, panels = _panels_by_d(sub)
+    for ax, d, runs in panels:
         for r in range(runs.sizes["run"]):
             run = runs.isel(run=r)
             label = f"{run.dataset.item()} n={int(run.n)}"
@@ -99,14 +106,10 @@ def measured_vs_theory(summary: xr.Dataset):
 def excess_entropy(summary: xr.Dataset):
     """f^e(t)/α (Monte Carlo, points) and f(t)/α (theory, lines), one panel per d."""
     sub = summary.where(summary.score == summary.score[0], drop=True)  # f^e is score-free
-    ds_d = sorted(set(int(v) for v in sub.d.values))
-    fig, axes = plt.subplots(
-        1, len(ds_d), figsize=(4.2 * len(ds_d), 3.4), squeeze=False, sharey=True
-    )
+    fig, axes, panels = _panels_by_d(sub)
     palette = sns.color_palette("viridis", n_colors=len(set(sub.n.values.tolist())))
     ns = sorted(set(int(v) for v in sub.n.values))
-    for ax, d in zip(axes[0], ds_d, strict=False):
-        runs = sub.where(sub.d == d, drop=True)
+    for ax, d, runs in panels:
         for r in range(runs.sizes["run"]):
             run = runs.isel(run=r)
             color = palette[ns.index(int(run.n))]
@@ -132,12 +135,8 @@ def excess_entropy(summary: xr.Dataset):
 def collapse_fractions(summary: xr.Dataset, score: str = "empirical"):
     """Fraction of trajectories collapsed onto their final training point, against t."""
     sub = summary.where(summary.score == score, drop=True)
-    ds_d = sorted(set(int(v) for v in sub.d.values))
-    fig, axes = plt.subplots(
-        1, max(1, len(ds_d)), figsize=(4.2 * max(1, len(ds_d)), 3.4), squeeze=False, sharey=True
-    )
-    for ax, d in zip(axes[0], ds_d, strict=False):
-        runs = sub.where(sub.d == d, drop=True)
+    fig, axes, panels = _panels_by_d(sub)
+    for ax, d, runs in panels:
         for r in range(runs.sizes["run"]):
             run = runs.isel(run=r)
             (line,) = ax.plot(
@@ -194,14 +193,10 @@ def memorisation_by_step(summary: xr.Dataset):
     sub = _learned(summary)
     if sub is None:
         return None
-    ds_d = sorted({int(v) for v in sub.d.values})
     ns = sorted({int(v) for v in sub.n.values})
     palette = sns.color_palette("viridis", n_colors=len(ns))
-    fig, axes = plt.subplots(
-        1, len(ds_d), figsize=(4.2 * len(ds_d), 3.4), squeeze=False, sharey=True
-    )
-    for ax, d in zip(axes[0], ds_d, strict=False):
-        runs = sub.where(sub.d == d, drop=True)
+    fig, axes, panels = _panels_by_d(sub)
+    for ax, d, runs in panels:
         for r in range(runs.sizes["run"]):
             run = runs.isel(run=r)
             ok = run.f_mem_by_step.notnull()
