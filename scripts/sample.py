@@ -1,18 +1,14 @@
 """Rule `sample`: backward trajectories and clones of one score on one data cell."""
 
-import torch
-
 from diffregimes import generate, store
-from diffregimes.device import pick_device
+from diffregimes.device import job_device
 from diffregimes.joblog import Timer, progress_bar, start_log
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "sample")
-torch.set_num_threads(sm.threads)
-device, why = pick_device(sm.resources.get("gpu"))
-log.info("device: %s (%s)", device, why)
+device = job_device(log, sm.threads, sm.resources.get("gpu"))
 
 train = store.open_store(sm.input.train)
 seed = job_seed("sample", w.dataset, w.d, w.n, w.seed, w.score)

@@ -5,16 +5,14 @@ from pathlib import Path
 import torch
 
 from diffregimes import nets, store, train
-from diffregimes.device import pick_device
+from diffregimes.device import job_device
 from diffregimes.joblog import Timer, progress_bar, start_log
 from diffregimes.seeds import fingerprint, job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "train")
-torch.set_num_threads(sm.threads)
-device, why = pick_device(sm.resources.get("gpu"))
-log.info("device: %s (%s)", device, why)
+device = job_device(log, sm.threads, sm.resources.get("gpu"))
 
 data = store.open_store(sm.input.train)
 x = torch.as_tensor(data["x"].values, dtype=torch.float32)

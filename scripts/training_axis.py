@@ -2,19 +2,15 @@
 
 from pathlib import Path
 
-import torch
-
 from diffregimes import generate, nets, store, training_axis
-from diffregimes.device import pick_device
+from diffregimes.device import job_device
 from diffregimes.joblog import Timer, start_log
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "training_axis")
-torch.set_num_threads(sm.threads)
-device, why = pick_device(sm.resources.get("gpu"))
-log.info("device: %s (%s)", device, why)
+device = job_device(log, sm.threads, sm.resources.get("gpu"))
 
 train = store.open_store(sm.input.train)
 test = store.open_store(sm.input.test)

@@ -78,3 +78,12 @@ def pick_device(
         ), f"CUDA device {index} of {count} (locked for this job)"
     name = torch.cuda.get_device_name(0) if device_count is None else "cuda:0"
     return torch.device("cuda:0"), f"CUDA device {name}"
+
+
+def job_device(log: logging.Logger, threads: int, gpus_granted: int | None) -> torch.device:
+    """Set the job's CPU threads, pick its device and log which and why (train, sample and
+    training-axis jobs start this way)."""
+    torch.set_num_threads(threads)
+    device, why = pick_device(gpus_granted)
+    log.info("device: %s (%s); %d CPU threads", device, why, threads)
+    return device

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .process import delta
 from .store import load_checkpoint, save_atomic
 
 ARCHS = ("mlp", "unet")
@@ -201,7 +202,7 @@ class LearnedScore:
                 for xb, tb in zip(x.split(self.batch), tt.split(self.batch), strict=True)
             ]
         )
-        return -eps / math.sqrt(-math.expm1(-2 * float(t)))
+        return -eps / math.sqrt(delta(float(t)))
 
 
 def save_trained(path, ema_state: dict, arch: dict, d: int, step: int, image_shape=None):

@@ -12,6 +12,8 @@ import pandas as pd
 import seaborn as sns
 import xarray as xr
 
+from . import theory
+
 SCALARS = [
     "Lambda",
     "alpha",
@@ -82,7 +84,7 @@ def measured_vs_theory(summary: xr.Dataset):
     """t_S and t_C measured against theory, one point per run, with the identity line."""
     table = run_table(summary)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for ax, (name, theory, measured, se) in zip(
+    for ax, (name, expected, measured, se) in zip(
         axes,
         [
             ("speciation time t_S", "t_S_theory", "t_S_measured", "t_S_measured_se"),
@@ -93,9 +95,9 @@ def measured_vs_theory(summary: xr.Dataset):
         ok = table[np.isfinite(table[measured])]
         for score, group in ok.groupby("score"):
             ax.errorbar(
-                group[theory], group[measured], yerr=group[se], fmt="o", capsize=2, label=score
+                group[expected], group[measured], yerr=group[se], fmt="o", capsize=2, label=score
             )
-        lim = [0, float(np.nanmax(ok[[theory, measured]].to_numpy(), initial=1.0)) * 1.1]
+        lim = [0, float(np.nanmax(ok[[expected, measured]].to_numpy(), initial=1.0)) * 1.1]
         ax.plot(lim, lim, "k--", lw=0.8)
         ax.set(xlabel=f"{name}, theory", ylabel=f"{name}, measured", title=name)
         ax.legend(fontsize=8)
@@ -452,7 +454,7 @@ def phase_diagram(summary: xr.Dataset, score: str = "empirical"):
         ax.plot(rows.alpha, rows.t_S_measured, "^", color=colour, label=f"t_S, d={d}")
         ax.plot(rows.alpha, rows.t_C_measured, "o", color=colour, label=f"t_C, d={d}")
     for sigma in gmm_sigmas(summary):
-        t_c = 0.5 * np.log1p(sigma**2 / np.expm1(2 * alphas))
+        t_c = theory.collapse_time_gmm(np.exp(alphas), 1, sigma)  # depends on α = ln n/d only
         ax.plot(alphas, t_c, "k-", lw=1, label=f"t_C theory (GMM σ={sigma:g}, d→∞)")
     ax.set(
         xscale="log",
@@ -513,8 +515,13 @@ def n_needed(summary: xr.Dataset, eps: float, score: str = "empirical"):
     ds_d = np.array(sorted(table.d.unique()))
     for sigma in gmm_sigmas(summary):
         dd = np.linspace(ds_d.min(), ds_d.max(), 100)
-        log_n = dd / 2 * np.log1p(sigma**2 / np.expm1(2 * eps))
-        ax.plot(dd, np.exp(log_n), "k-", lw=1, label=f"theory (GMM σ={sigma:g})")
+        ax.plot(
+            dd,
+            theory.n_for_collapse_below(eps, dd, sigma),
+            "k-",
+            lw=1,
+            label=f"theory (GMM σ={sigma:g})",
+        )
     for d in ds_d:
         rows = table[table.d == d].groupby("n").t_C_measured.mean().sort_index()
         ns, tc = rows.index.values.astype(float), rows.values
