@@ -37,14 +37,19 @@ def run_table(summary: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(cols).sort_values(keys).reset_index(drop=True)
 
 
+def _no_runs(ax) -> None:
+    """Mark an empty figure (e.g. a grid without that score) instead of failing the report."""
+    ax.text(0.5, 0.5, "no runs for this figure", ha="center", va="center")
+
+
 def _panels_by_d(sub: xr.Dataset):
     """A row of panels, one per d (shared y axis): (fig, axes, [(ax, d, runs of that d)])."""
     ds_d = sorted({int(v) for v in sub.d.values})
     k = max(1, len(ds_d))
     fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 3.4), squeeze=False, sharey=True)
-    panels = [
-        (ax, d, sub.where(sub.d == d, drop=True)) for ax, d in zip(axes[0], ds_d, strict=True)
-    ]
+    if not ds_d:
+        _no_runs(axes[0][0])
+    panels = [(ax, d, sub.where(sub.d == d, drop=True)) for ax, d in zip(axes[0], ds_d)]
     return fig, axes, panels
 
 
@@ -157,6 +162,9 @@ def collapse_vs_alpha(summary: xr.Dataset):
     table = run_table(summary)
     table = table[table.score == "empirical"]
     fig, ax = plt.subplots(figsize=(5, 4))
+    if table.empty:
+        _no_runs(ax)
+        return fig
     sns.scatterplot(
         table, x="alpha", y="t_C_measured", hue="d", style="dataset", ax=ax, palette="viridis"
     )
@@ -444,6 +452,7 @@ def phase_diagram(summary: xr.Dataset, score: str = "empirical"):
     table = table[table.score == score]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     if table.empty:
+        _no_runs(ax)
         return fig
     alphas = np.geomspace(table.alpha.min() / 2, table.alpha.max() * 2, 200)
     ds_d = sorted(table.d.unique())
@@ -512,6 +521,9 @@ def n_needed(summary: xr.Dataset, eps: float, score: str = "empirical"):
     table = run_table(summary)
     table = table[table.score == score]
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    if table.empty:
+        _no_runs(ax)
+        return fig
     ds_d = np.array(sorted(table.d.unique()))
     for sigma in gmm_sigmas(summary):
         dd = np.linspace(ds_d.min(), ds_d.max(), 100)
