@@ -1,0 +1,464 @@
+"""Image datasets (diffregimes.images): loaders on fixtures written here, the resizing
+conventions, nested training sets, Λ of a set with a known covariance, and errors for people."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffregimes import images as im
+from diffregimes import store
+from diffregimes.theory import covariance_spectrum
+
+DIGITS = {"kind": "digits", "test_size": 100}
+
+
+# ---------------------------------------------------------------------------- fixture writers
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False, magic: int | None = None):
+    """An MNIST-format IDX file of unsigned bytes."""
+    array = np.asarray(array, dtype=np.uint8)
+    magic = (0x800 | array.ndim) if magic is None else magic
+    head = magic.to_bytes(4, "big") + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    data = head + array.tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def idx_folder(root: Path, gz: bool, rng, n_train=30, n_test=12, side=6):
+    root.mkdir()
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, side, side), dtype=np.uint8),
+        "train_labels": np.arange(n_train, dtype=np.uint8) % 3,
+        "test_images": rng.integers(0, 256, (n_test, side, side), dtype=np.uint8),
+        "test_labels": np.arange(n_test, dtype=np.uint8) % 3,
+    }
+    for role, array in arrays.items():
+        write_idx(root / im.IDX_FILES[role], array, gz=gz)
+    return arrays
+
+
+def write_cifar(root: Path, rng, per_batch=20):
+    """CIFAR-10 python batches: pickled dicts with bytes keys, as the real files are."""
+    root.mkdir()
+    batches = {}
+    for b in [*im.CIFAR10_TRAIN_BATCHES, "test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        with open(root / b, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": b.encode()}, f, 2)
+        batches[b] = (data, np.array(labels))
+    with open(root / "batches.meta", "wb") as f:
+        names = [c.encode() for c in im.CIFAR10_CLASSES]
+        pickle.dump({b"label_names": names, b"num_vis": 3072}, f, 2)
+    return batches
+
+
+# ---------------------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_pool_matches_files(tmp_path, gz):
+    arrays = idx_folder(tmp_path / "mn", gz, np.random.default_rng(1))
+    pool = im.load_pool({"kind": "idx", "path": str(tmp_path / "mn")}, "mn")
+    # Official split kept as is, bytes scaled by 1/255, one channel.
+    np.testing.assert_allclose(pool.train_images[:, 0], arrays["train_images"] / 255, atol=1e-7)
+    np.testing.assert_allclose(pool.test_images[:, 0], arrays["test_images"] / 255, atol=1e-7)
+    np.testing.assert_array_equal(pool.train_labels, arrays["train_labels"])
+    np.testing.assert_array_equal(pool.test_labels, arrays["test_labels"])
+    assert pool.class_names == ["0", "1", "2"]
+    assert pool.train_images.dtype == np.float32 and pool.train_images.shape == (30, 1, 6, 6)
+    assert ("idx3-ubyte.gz" in pool.source) == gz
+
+
+def test_idx_truncated_file_names_file_and_sizes(tmp_path):
+    idx_folder(tmp_path / "mn", False, np.random.default_rng(2))
+    f = tmp_path / "mn" / "train-images-idx3-ubyte"
+    full = f.read_bytes()
+    f.write_bytes(full[:-100])
+    expected = f"{f} is truncated: expected {len(full)} bytes"
+    with pytest.raises(ValueError, match=re.escape(expected) + f".*found {len(full) - 100}"):
+        im.load_pool({"kind": "idx", "path": str(tmp_path / "mn")}, "mn")
+    with pytest.raises(ValueError, match=r"datasets\.mn\.path"):
+        im.load_pool({"kind": "idx", "path": str(tmp_path / "mn")}, "mn")
+
+
+def test_idx_truncated_gzip_stream(tmp_path):
+    idx_folder(tmp_path / "mn", True, np.random.default_rng(3))
+    f = tmp_path / "mn" / "t10k-labels-idx1-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:-12])  # cut inside the gzip trailer / stream
+    with pytest.raises(ValueError, match=re.escape(str(f)) + " is truncated"):
+        im.load_pool({"kind": "idx", "path": str(tmp_path / "mn")}, "mn")
+
+
+def test_idx_wrong_magic(tmp_path):
+    arrays = idx_folder(tmp_path / "mn", False, np.random.default_rng(4))
+    f = tmp_path / "mn" / "train-labels-idx1-ubyte"
+    write_idx(f, arrays["train_labels"], magic=0x00000803)  # an "images" magic on labels
+    with pytest.raises(ValueError, match=re.escape(str(f)) + " is not an IDX file"):
+        im.load_pool({"kind": "idx", "path": str(tmp_path / "mn")}, "mn")
+
+
+def test_idx_missing_folder_and_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"datasets\.mn\.path: .*nowhere does not exist"):
+        im.load_pool({"kind": "idx", "path": str(tmp_path / "nowhere")}, "mn")
+    idx_folder(tmp_path / "mn", False, np.random.default_rng(5))
+    (tmp_path / "mn" / "t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match=r"datasets\.mn\.path: .*t10k-images-idx3-ubyte"):
+        im.load_pool({"kind": "idx", "path": str(tmp_path / "mn")}, "mn")
+
+
+# ---------------------------------------------------------------------------- npz
+
+
+def test_npz_uint8_channels_last_and_fixed_holdout(tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (50, 4, 4, 3), dtype=np.uint8)
+    y = rng.integers(0, 2, 50)
+    path = tmp_path / "set.npz"
+    np.savez(path, x=x, y=y)
+    spec = {"kind": "npz", "path": str(path)}
+    assert im.channels(spec) == 3 and im.dimension(spec, 8) == 192
+    assert im.channels({**spec, "grayscale": True}) == 1
+    pool = im.load_pool(spec, "a")
+    # No official split: a fifth held out; together train and test are every image once.
+    assert len(pool.test_labels) == 10 and len(pool.train_labels) == 40
+    both = np.concatenate([pool.train_images, pool.test_images])
+    ref = x.transpose(0, 3, 1, 2) / 255
+    order = np.lexsort(both.reshape(50, -1).T)
+    np.testing.assert_allclose(both[order], ref[np.lexsort(ref.reshape(50, -1).T)], atol=1e-7)
+    # The split depends on the dataset name only.
+    again = im.load_pool(spec, "a")
+    np.testing.assert_array_equal(again.test_images, pool.test_images)
+    other = im.load_pool(spec, "b")
+    assert not np.array_equal(other.test_images, pool.test_images)
+
+
+def test_npz_float_channel_first_and_grayscale(tmp_path):
+    rng = np.random.default_rng(7)
+    x = rng.random((20, 3, 5, 5)).astype(np.float32)
+    path = tmp_path / "f.npz"
+    np.savez(path, x=x, y=np.zeros(20, dtype=np.int64))
+    spec = {"kind": "npz", "path": str(path)}
+    rgb = im.load_pool(spec, "f")
+    grey = im.load_pool({**spec, "grayscale": True}, "f")
+    assert rgb.train_images.shape == (16, 3, 5, 5) and grey.train_images.shape == (16, 1, 5, 5)
+    r, g, b = rgb.train_images[:, 0], rgb.train_images[:, 1], rgb.train_images[:, 2]
+    np.testing.assert_allclose(grey.train_images[:, 0], 0.299 * r + 0.587 * g + 0.114 * b, 1e-6)
+    # Float pixels are taken as they are (already in [0, 1]): the stored values are x itself.
+    assert np.isin(rgb.train_images[:, 0, 0, 0], x[:, 0, 0, 0]).all()
+
+
+def test_npz_without_labels(tmp_path):
+    path = tmp_path / "u.npz"
+    np.savez(path, x=np.full((10, 4, 4), 7, dtype=np.uint8))
+    pool = im.load_pool({"kind": "npz", "path": str(path)}, "u")
+    assert pool.class_names == [] and (pool.train_labels == -1).all()
+    with pytest.raises(ValueError, match=r"datasets\.u\.classes: .*has no labels"):
+        im.load_pool({"kind": "npz", "path": str(path), "classes": [0]}, "u")
+    with pytest.raises(ValueError, match=r"datasets\.u\.balanced"):
+        im.make_image_data({"kind": "npz", "path": str(path), "balanced": True}, "u", 4, 4, 0)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"y": np.zeros(4, dtype=np.int64)}, "has no array 'x'"),
+        ({"x": np.zeros((4, 4, 4), np.uint8), "y": np.zeros(3, np.int64)}, "array 'y'"),
+        ({"x": np.full((4, 4, 4), 2.0)}, r"float pixels must lie in \[0, 1\]"),
+        ({"x": np.zeros((4, 4, 4, 5), np.uint8)}, r"array 'x' has shape \(4, 4, 4, 5\)"),
+    ],
+)
+def test_npz_bad_arrays(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"datasets\.bad\.path: .*bad\.npz.*" + message):
+        im.load_pool({"kind": "npz", "path": str(path)}, "bad")
+
+
+# ---------------------------------------------------------------------------- CIFAR-10
+
+
+def test_cifar10_batches(tmp_path):
+    batches = write_cifar(tmp_path / "cifar-10-batches-py", np.random.default_rng(8))
+    spec = {"kind": "cifar10", "path": str(tmp_path / "cifar-10-batches-py")}
+    pool = im.load_pool(spec, "c")
+    assert pool.train_images.shape == (100, 3, 32, 32) and pool.test_images.shape == (20, 3, 32, 32)
+    assert pool.class_names == list(im.CIFAR10_CLASSES)
+    # Rows are channel-major: the first 1024 bytes are the red plane, row by row.
+    data, labels = batches["data_batch_2"]
+    np.testing.assert_allclose(pool.train_images[20, 0, 1, :], data[0, 32:64] / 255, atol=1e-7)
+    np.testing.assert_allclose(pool.train_images[20, 2, 31, 31], data[0, 3071] / 255, atol=1e-7)
+    np.testing.assert_array_equal(pool.test_labels, batches["test_batch"][1])
+    # Names and label values both select classes; labels become indices into class_names.
+    sub = im.load_pool({**spec, "classes": ["cat", 5]}, "c")
+    assert sub.class_names == ["cat", "dog"]
+    all_train = np.concatenate([batches[b][1] for b in im.CIFAR10_TRAIN_BATCHES])
+    assert np.bincount(sub.train_labels, minlength=2).tolist() == [
+        int((all_train == 3).sum()),
+        int((all_train == 5).sum()),
+    ]
+    grey = im.load_pool({**spec, "grayscale": True}, "c")
+    expect = np.tensordot([0.299, 0.587, 0.114], pool.test_images, axes=([0], [1]))
+    np.testing.assert_allclose(grey.test_images[:, 0], expect, atol=1e-6)
+
+
+def test_cifar10_refuses_pickles_that_run_code(tmp_path):
+    write_cifar(tmp_path / "cf", np.random.default_rng(9))
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "cf" / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f, 2)
+    with pytest.raises(ValueError, match=r"test_batch is not a CIFAR-10 python batch"):
+        im.load_pool({"kind": "cifar10", "path": str(tmp_path / "cf")}, "c")
+    assert not marker.exists()
+
+
+def test_cifar10_missing_batch(tmp_path):
+    write_cifar(tmp_path / "cf", np.random.default_rng(10))
+    (tmp_path / "cf" / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match=r"datasets\.c\.path: .*data_batch_3 is missing"):
+        im.load_pool({"kind": "cifar10", "path": str(tmp_path / "cf")}, "c")
+
+
+# ---------------------------------------------------------------------------- image folder
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(11)
+    root = tmp_path / "pics"
+    written = {}
+    for cls, count in (("owl", 4), ("cat", 6)):
+        (root / cls).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+            suffix = ".PNG" if i == 0 else ".png"  # extensions are case-insensitive
+            Image.fromarray(pixels).save(root / cls / f"{i}{suffix}")
+            written[(cls, i)] = pixels
+    (root / "cat" / "notes.txt").write_text("not an image")
+    spec = {"kind": "image_folder", "path": str(root)}
+    assert im.channels(spec) == 3
+    pool = im.load_pool(spec, "p")
+    assert pool.class_names == ["cat", "owl"]  # sorted folder names; labels index them
+    assert len(pool.train_labels) + len(pool.test_labels) == 10
+    labels = np.concatenate([pool.train_labels, pool.test_labels])
+    assert np.bincount(labels).tolist() == [6, 4]
+    both = np.concatenate([pool.train_images, pool.test_images])
+    target = written[("owl", 0)].transpose(2, 0, 1) / 255
+    assert np.isclose(both, target, atol=1e-7).all(axis=(1, 2, 3)).sum() == 1
+
+    Image.fromarray(np.zeros((7, 6, 3), np.uint8)).save(root / "owl" / "odd.png")
+    with pytest.raises(ValueError, match=r"datasets\.p\.path: .*odd\.png is 6×7 but"):
+        im.load_pool(spec, "p")
+
+
+# ---------------------------------------------------------------------------- resizing
+
+
+@pytest.mark.parametrize("side, upscale", [(3, "pad"), (5, "pad"), (11, "resize"), (16, "resize")])
+def test_preprocess_matches_pil_per_image(side, upscale):
+    x = np.random.default_rng(12).random((3, 2, 8, 8)).astype(np.float32)
+    method = Image.Resampling.BOX if side < 8 else Image.Resampling.BILINEAR
+    ref = np.stack(
+        [
+            [
+                np.asarray(Image.fromarray(x[i, c]).resize((side, side), resample=method))
+                for c in (0, 1)
+            ]
+            for i in range(3)
+        ]
+    )
+    out = im.preprocess(x, side, upscale)
+    assert out.shape == (3, 2, side, side) and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+def test_preprocess_box_pad_and_errors():
+    x = np.random.default_rng(13).random((2, 3, 6, 6)).astype(np.float32)
+    blocks = im.preprocess(x, 2, "pad")
+    np.testing.assert_allclose(blocks[1, 2, 1, 0], x[1, 2, 3:6, 0:3].mean(), rtol=1e-6)
+    padded = im.preprocess(x, 9, "pad")  # margin 3: 1 before, 2 after
+    np.testing.assert_array_equal(padded[:, :, 1:7, 1:7], x)
+    assert padded[:, :, 0].max() == 0 and padded[:, :, 7:].max() == 0 and padded[..., 0].max() == 0
+    np.testing.assert_array_equal(im.preprocess(x, 6, "pad"), x)
+    with pytest.raises(ValueError, match="not square"):
+        im.preprocess(np.zeros((1, 1, 4, 5)), 2, "pad")
+    with pytest.raises(ValueError, match="upscale"):
+        im.preprocess(x, 8, "stretch")
+
+
+# ---------------------------------------------------------------------------- digits end to end
+
+
+def test_digits_stores_layout_and_attrs(tmp_path):
+    train, test = im.make_image_data({**DIGITS, "balanced": False}, "digits", 8, 64, 0)
+    assert train.x.shape == (64, 64) and test.x.shape == (100, 64)
+    assert train.x.dtype == np.float32 and train.label.dtype == np.int64
+    assert train.attrs["d"] == 64 == im.dimension(DIGITS, 8)
+    assert train.attrs["image_shape"] == [1, 8, 8] and train.attrs["channels"] == 1
+    assert train.attrs["classes"] == [str(k) for k in range(10)]
+    assert train.attrs["law_kind"] == "digits" and train.attrs["law_balanced"] == "False"
+    assert (
+        "8×8" in train.attrs["preprocessing"] and "no std scaling" in train.attrs["preprocessing"]
+    )
+    # Pixels back in [0, 1] after adding the mean; the mean is the pool's, shared by the test set.
+    pix = train.x.values + train.pixel_mean.values
+    assert pix.min() >= -1e-6 and pix.max() <= 1 + 1e-6 and pix.max() > 0.99
+    np.testing.assert_array_equal(test.pixel_mean, train.pixel_mean)
+    pool = im.load_pool(DIGITS, "digits")
+    np.testing.assert_allclose(train.pixel_mean, pool.train_images.reshape(-1, 64).mean(0), 1e-6)
+    back = store.open_store(store.write(train, tmp_path / "train.zarr"))
+    assert back.attrs["image_shape"] == [1, 8, 8] and back.attrs["classes"][3] == "3"
+
+
+def test_digits_side4_is_the_2x2_block_mean():
+    pool = im.load_pool(DIGITS, "digits")
+    n = len(pool.train_labels)
+    blocks = pool.train_images.reshape(n, 1, 4, 2, 4, 2).mean(axis=(3, 5))
+    x, y, _, _ = im.judge_data(DIGITS, "digits", 4)
+    assert x.shape == (n, 1, 4, 4)
+    np.testing.assert_allclose(x, blocks - blocks.mean(axis=0), atol=1e-6)
+    train, _ = im.make_image_data(DIGITS, "digits", 4, 32, 0)
+    assert train.attrs["d"] == 16 and "box averaging" in train.attrs["preprocessing"]
+    # Each stored row is the block mean of one pool image (order is the seeded one).
+    pix = (train.x.values + train.pixel_mean.values).astype(np.float64)
+    dist = ((pix[:, None, :] - blocks.reshape(n, 16)[None]) ** 2).sum(-1)
+    assert dist.min(axis=1).max() < 1e-10
+
+
+def test_digits_padded_to_12_is_centred_zeros():
+    train, _ = im.make_image_data({**DIGITS, "upscale": "pad"}, "digits", 12, 32, 0)
+    x = train.x.values.reshape(32, 12, 12)
+    mean = train.pixel_mean.values.reshape(12, 12)
+    border = np.ones((12, 12), bool)
+    border[2:10, 2:10] = False
+    # Border pixels are 0 in every image, so their mean is 0 and the centred value 0 − 0.
+    assert (mean[border] == 0).all() and (x[:, border] == 0).all()
+    pool = im.load_pool(DIGITS, "digits").train_images.reshape(-1, 64)
+    inner = (x[:, 2:10, 2:10] + mean[2:10, 2:10]).reshape(32, 64)
+    dist = ((inner[:, None, :] - pool[None]) ** 2).sum(-1)
+    assert dist.min(axis=1).max() < 1e-10
+
+
+def test_digits_balanced_classes_equal_counts():
+    spec = {**DIGITS, "classes": [1, 8], "balanced": True, "test_size": 50}
+    train, test = im.make_image_data(spec, "digits", 8, 100, 0)
+    assert train.attrs["classes"] == ["1", "8"]
+    labels = train.label.values
+    assert set(labels.tolist()) == {0, 1} and set(test.label.values.tolist()) <= {0, 1}
+    ones = np.cumsum(labels == 0)
+    prefix = np.arange(1, 101)
+    assert np.abs(2 * ones - prefix).max() <= 1  # every prefix balanced within one
+    assert ones[-1] == 50
+    unbalanced, _ = im.make_image_data({**spec, "balanced": False}, "digits", 8, 100, 0)
+    assert np.abs(2 * np.cumsum(unbalanced.label.values == 0) - prefix).max() > 1
+
+
+def test_digits_nested_training_sets_and_fixed_test_set():
+    small, test_small = im.make_image_data(DIGITS, "digits", 8, 64, 3)
+    big, test_big = im.make_image_data(DIGITS, "digits", 8, 256, 3)
+    np.testing.assert_array_equal(small.x, big.x[:64])
+    np.testing.assert_array_equal(small.label, big.label[:64])
+    np.testing.assert_array_equal(small.pixel_mean, big.pixel_mean)
+    np.testing.assert_array_equal(test_small.x, test_big.x)
+    other, _ = im.make_image_data(DIGITS, "digits", 8, 64, 4)
+    assert not np.array_equal(other.x, small.x)
+    again, _ = im.make_image_data(DIGITS, "digits", 8, 64, 3)
+    np.testing.assert_array_equal(again.x, small.x)
+
+
+def test_digits_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"datasets\.digits\.n: n = 5000 .*1438 training images"):
+        im.make_image_data(DIGITS, "digits", 8, 5000, 0)
+    with pytest.raises(ValueError, match=r"datasets\.digits\.classes: 'cow' .*available: 0, 1"):
+        im.make_image_data({**DIGITS, "classes": [1, "cow"]}, "digits", 8, 10, 0)
+    with pytest.raises(ValueError, match=r"datasets\.digits\.n: .*2 classes × \d+ images"):
+        im.make_image_data({**DIGITS, "classes": [1, 8], "balanced": True}, "digits", 8, 400, 0)
+    with pytest.raises(ValueError, match=r"datasets\.digits\.test_size: 5000 .*holds 359"):
+        im.make_image_data({**DIGITS, "test_size": 5000}, "digits", 8, 10, 0)
+    with pytest.raises(ValueError, match=r"datasets\.digits\.sizes"):
+        im.make_image_data(DIGITS, "digits", 0, 10, 0)
+    with pytest.raises(ValueError, match=r"datasets\.digits\.upscale"):
+        im.make_image_data({**DIGITS, "upscale": "stretch"}, "digits", 12, 10, 0)
+    with pytest.raises(ValueError, match=r"datasets\.digits\.kind"):
+        im.load_pool({"kind": "gmm"}, "digits")
+
+
+# ---------------------------------------------------------------------------- Fashion-MNIST
+
+
+def test_fashion_mnist_missing_folder_says_what_to_install(tmp_path):
+    spec = {"kind": "fashion_mnist", "path": str(tmp_path / "none")}
+    with pytest.raises(FileNotFoundError, match=r"datasets\.fm\.path: .*dataset-fashion-mnist"):
+        im.load_pool(spec, "fm")
+
+
+@pytest.mark.skipif(
+    not Path(im.FASHION_MNIST_PATH).is_dir(),
+    reason=f"Fashion-MNIST not installed at {im.FASHION_MNIST_PATH} "
+    "(apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_real_files_side7():
+    spec = {"kind": "fashion_mnist", "classes": ["Trouser", 8], "test_size": 50}
+    x, y, xt, yt = im.judge_data(spec, "fm", 7)
+    assert x.shape == (12000, 1, 7, 7) and xt.shape == (2000, 1, 7, 7)
+    assert np.bincount(y).tolist() == [6000, 6000] and np.bincount(yt).tolist() == [1000, 1000]
+    np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-5)  # centred by the pool mean
+    train, test = im.make_image_data({**spec, "balanced": True}, "fm", 7, 64, 0)
+    assert train.attrs["classes"] == ["Trouser", "Bag"] and train.attrs["d"] == 49
+    assert np.bincount(train.label.values).tolist() == [32, 32] and test.x.shape == (50, 49)
+    assert "28×28 → 7×7 by box averaging" in train.attrs["preprocessing"]
+
+
+# ---------------------------------------------------------------------------- Λ
+
+
+def test_top_eigenvalue_of_a_known_covariance(tmp_path):
+    """Pixels 0.5 + s g v + τ ε (v a unit 8×8 pattern, g, ε standard normal), in (0, 1) so the
+    [0, 1] scaling is the identity: the covariance is s² v vᵀ + τ² I, so Λ = s² + τ².
+
+    With N = 8000 training images the sample Λ has relative standard error √(2/N) ≈ 1.6 %; the
+    tolerance is 6 %, about four standard errors. At side 4 (2×2 box averaging, a linear map B
+    with B Bᵀ = I/4) the law of the images says Λ = s² |B v|² + τ²/4."""
+    rng = np.random.default_rng(14)
+    s, tau, total = 0.1, 0.01, 10000
+    v = rng.standard_normal(64)
+    v /= np.linalg.norm(v)
+    pixels = 0.5 + s * rng.standard_normal((total, 1)) * v + tau * rng.standard_normal((total, 64))
+    assert 0 < pixels.min() and pixels.max() < 1
+    path = tmp_path / "known.npz"
+    np.savez(path, x=pixels.reshape(total, 8, 8).astype(np.float32))
+    spec = {"kind": "npz", "path": str(path), "test_size": 10}
+    n = 8000
+    train, _ = im.make_image_data(spec, "known", 8, n, 0)
+    ev = covariance_spectrum(train.x.values)
+    assert ev[0] == pytest.approx(s**2 + tau**2, rel=0.06)
+    # The rest is isotropic noise: inside a widened Marchenko–Pastur bulk of τ².
+    edge = tau**2 * (1 + np.sqrt(64 / n)) ** 2
+    assert ev[1] < 1.2 * edge and ev[-1] > 0.5 * tau**2 * (1 - np.sqrt(64 / n)) ** 2
+    # Uncentred or std-scaled data would give a very different Λ; check the store is centred.
+    np.testing.assert_allclose(train.x.values.mean(axis=0), 0, atol=3 * tau / np.sqrt(n) + 2e-3)
+    np.testing.assert_allclose(train.pixel_mean.values, 0.5, atol=5e-3)
+
+    small, _ = im.make_image_data(spec, "known", 4, n, 0)
+    bv = v.reshape(4, 2, 4, 2).mean(axis=(1, 3)).ravel()
+    expected = s**2 * bv @ bv + tau**2 / 4
+    assert covariance_spectrum(small.x.values)[0] == pytest.approx(expected, rel=0.06)
+    assert (
+        "Λ" in im.top_eigenvalue_convention() and "no std scaling" in im.top_eigenvalue_convention()
+    )
