@@ -1,6 +1,6 @@
 # Dynamical regimes of diffusion models over a grid of (n, d).
 # Stages: data -> theory -> sample -> metrics -> summary -> reports (workflow/rules/*.smk).
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -12,9 +12,7 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
+# common.smk checks the config (schema and beyond) before any job is planned.
 include: "workflow/rules/common.smk"
 
 

@@ -50,32 +50,6 @@ def test_paper_config_dry_run(tmp_path):
     assert jobs["train"] == 3 * (7 * 5 + 3 * 3)
 
 
-@pytest.mark.parametrize(
-    "edit, key",
-    [
-        (lambda c: c["sampler"].update(name="leapfrog"), "name"),
-        (lambda c: c["datasets"]["gmm"].update(kind="mnist-ish"), "kind"),
-        (lambda c: c["datasets"]["gmm"].update(n=[0, 16]), "n"),
-        (lambda c: c["datasets"]["gmm"].update(scores=["exact"]), "scores"),
-        (lambda c: c["datasets"]["gmm"].update(scores=["mpl"]), "Did you mean 'mlp'"),
-        (lambda c: c["models"]["mlp"].update(arch="transformer"), "arch"),
-        (lambda c: c["models"]["mlp"].update(lr=-1.0), "lr"),
-        (lambda c: c["datasets"]["gmm"].update(sigam=1.0), "sigam"),
-        (lambda c: c["time"].update(t_min=5.0), "time.t_min"),
-        (lambda c: c["time"].update(steps="many"), "steps"),
-    ],
-)
-def test_bad_config_fails_before_any_job(tmp_path, edit, key):
-    cfg = yaml.safe_load(TINY.read_text())
-    edit(cfg)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(tmp_path, "-n", config=path, check=False)
-    assert proc.returncode != 0
-    assert key in proc.stdout + proc.stderr
-    assert not (tmp_path / "results").exists()
-
-
 @pytest.mark.slow
 def test_tiny_run_stores(tiny_run):
     results = tiny_run / "results"

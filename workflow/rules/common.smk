@@ -1,61 +1,44 @@
-# Config checks that a schema cannot express, the run table, and path helpers.
-import difflib
+# Config checks (before any job is planned), the run table, and path helpers.
 import itertools
+import sys
 
+import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+sys.path.insert(0, f"{workflow.basedir}/src")  # the library, also without `pip install`
+from diffregimes import config as config_checks
 
 PKG = f"{workflow.basedir}/src/diffregimes"
 CONDA_ENV = "../../envs/diffregimes.yaml"
+SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
+EXACT_SCORES = config_checks.EXACT_SCORES
 
 
-def config_error(key, message):
-    raise WorkflowError(
-        f"config key '{key}': {message} (config file: {', '.join(map(str, workflow.configfiles))})"
-    )
+def checked_config(cfg):
+    """Duplicate and unknown keys (with 'did you mean'), the schema (types, ranges, enums;
+    fills the defaults), then relations between keys. Raises a WorkflowError naming the key."""
+    files = ", ".join(map(str, workflow.configfiles)) or "none"
+    try:
+        for path in workflow.configfiles:
+            config_checks.check_duplicate_keys(path)
+        with open(SCHEMA) as f:
+            config_checks.check_unknown_keys(cfg, yaml.safe_load(f))
+        validate(cfg, SCHEMA)
+        config_checks.check(cfg)
+    except config_checks.ConfigError as e:
+        raise WorkflowError(f"{e} (config file: {files})") from None
+    return cfg
 
 
-def check_config(cfg):
-    time = cfg["time"]
-    if not time["spacing"].startswith("ddpm_") and time["t_min"] >= time["T"]:
-        config_error(
-            "time.t_min", f"t_min={time['t_min']} must be below time.T={time['T']}"
-        )
-    if cfg["cloning"]["t_lo"] >= time["T"]:
-        config_error("cloning.t_lo", f"must be below time.T={time['T']}")
-    if time["saved"] > time["steps"] + 1:
-        config_error("time.saved", f"at most time.steps + 1 = {time['steps'] + 1}")
-    if cfg["cloning"]["pairs"] > cfg["sampler"]["samples"]:
-        config_error(
-            "cloning.pairs", "at most sampler.samples (clones branch off trajectories)"
-        )
-    known = list(EXACT_SCORES) + list(cfg["models"])
-    for name, ds in cfg["datasets"].items():
-        for score in ds["scores"]:
-            if score not in known:
-                close = difflib.get_close_matches(score, known, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                config_error(
-                    f"datasets.{name}.scores",
-                    f"'{score}' is neither an exact score ({', '.join(EXACT_SCORES)}) nor a "
-                    f"model defined under 'models' ({', '.join(cfg['models']) or 'none'})."
-                    + hint,
-                )
-    for name, model in cfg["models"].items():
-        if model["arch"] == "unet":
-            config_error(
-                f"models.{name}.arch", "unet needs image datasets; use arch: mlp"
-            )
-
-
-EXACT_SCORES = ("population", "empirical")
-
-check_config(config)
+checked_config(config)
 
 
 def data_cells():
-    """Every (dataset, d, n, seed) of the grid."""
+    """Every (dataset, d, n, seed) of the grid (image datasets: d = channels × side²)."""
     for name, ds in config["datasets"].items():
-        for d, n, seed in itertools.product(ds["d"], ds["n"], config["seeds"]):
+        dims = config_checks.dimensions(ds)
+        for d, n, seed in itertools.product(dims, ds["n"], config["seeds"]):
             yield dict(dataset=name, d=d, n=n, seed=seed)
 
 

@@ -1,0 +1,172 @@
+"""Config checks that a JSON schema cannot make, run before any job is planned.
+
+The schema (workflow/schemas/config.schema.yaml) checks types, ranges and enums. What it cannot
+say well is checked here, each failure a `ConfigError` that names the key:
+- a key written twice in the YAML (YAML silently keeps the last one: a second `gmm:` entry
+  would replace the first without a word);
+- an unknown key, with the known key it most likely meant ("did you mean 'sigma'?");
+- relations between keys: t_min < T, scores that exist, image sizes that match d, ...
+
+The grid helpers (`dimensions`, `side_of`) live here too, so the workflow and the scripts agree
+on the d of an image dataset (d = channels × side²).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import yaml
+
+EXACT_SCORES = ("population", "empirical")
+SYNTHETIC_KINDS = ("gmm", "gaussian")
+IMAGE_KINDS = ("digits", "fashion_mnist", "idx", "npz", "cifar10", "image_folder")
+# Keys that belong to one family of kinds only (a gmm with `sizes:` is a mistake, not a no-op).
+IMAGE_ONLY_KEYS = ("path", "classes", "balanced", "sizes", "upscale", "grayscale")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; `key` is its dotted path, e.g. datasets.gmm.n."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key written twice."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                str(key),
+                f"written twice in the same section (lines {seen[key] + 1} and "
+                f"{key_node.start_mark.line + 1} of {key_node.start_mark.name}); YAML would keep "
+                "only the last one. Rename one of them (dataset names must be unique) or merge "
+                "them.",
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def check_duplicate_keys(path: str | Path) -> None:
+    """Raise ConfigError if the YAML file at `path` has a key twice in one mapping."""
+    path = Path(path)
+    with path.open() as f:
+        yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def check_unknown_keys(cfg, schema: dict, where: str = "") -> None:
+    """Raise ConfigError for the first key the schema does not know, with the closest one."""
+    if not isinstance(cfg, dict) or schema.get("type") != "object":
+        return
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    for key, value in cfg.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key in props:
+            check_unknown_keys(value, props[key], path)
+        elif isinstance(extra, dict):  # named entries (datasets, models): each one's keys
+            check_unknown_keys(value, extra, path)
+        elif extra is False:
+            close = difflib.get_close_matches(str(key), list(props), n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            section = f"'{where}'" if where else "the top level"
+            raise ConfigError(
+                path,
+                f"unknown key in {section}.{hint} Known keys: {', '.join(props)}.",
+            )
+
+
+def dimensions(spec: dict) -> list[int]:
+    """The d values of a dataset: its `d` list, or channels × side² for each image size."""
+    if spec["kind"] in IMAGE_KINDS:
+        from .images import dimension
+
+        return [dimension(spec, side) for side in spec["sizes"]]
+    return list(spec["d"])
+
+
+def side_of(spec: dict, d: int) -> int:
+    """The image side whose d = channels × side² (for the `data` rule of an image cell)."""
+    for side in spec["sizes"]:
+        from .images import dimension
+
+        if dimension(spec, side) == int(d):
+            return int(side)
+    raise ConfigError("sizes", f"no size gives d={d} (sizes {spec['sizes']})")
+
+
+def check(cfg: dict) -> None:
+    """Relations between keys (after the schema filled in the defaults)."""
+    time = cfg["time"]
+    if not time["spacing"].startswith("ddpm_") and time["t_min"] >= time["T"]:
+        raise ConfigError("time.t_min", f"t_min={time['t_min']} must be below time.T={time['T']}")
+    if cfg["cloning"]["t_lo"] >= time["T"]:
+        raise ConfigError("cloning.t_lo", f"must be below time.T={time['T']}")
+    if time["saved"] > time["steps"] + 1:
+        raise ConfigError("time.saved", f"at most time.steps + 1 = {time['steps'] + 1}")
+    if cfg["cloning"]["pairs"] > cfg["sampler"]["samples"]:
+        raise ConfigError(
+            "cloning.pairs", "at most sampler.samples (clones branch off trajectories)"
+        )
+    models = cfg.get("models", {})
+    known = list(EXACT_SCORES) + list(models)
+    for name, ds in cfg["datasets"].items():
+        key = f"datasets.{name}"
+        images = ds["kind"] in IMAGE_KINDS
+        for score in ds["scores"]:
+            if score not in known:
+                close = difflib.get_close_matches(score, known, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(
+                    f"{key}.scores",
+                    f"'{score}' is neither an exact score ({', '.join(EXACT_SCORES)}) nor a "
+                    f"model defined under 'models' ({', '.join(models) or 'none'})." + hint,
+                )
+            if images and score == "population":
+                raise ConfigError(
+                    f"{key}.scores",
+                    f"'population' needs a known law; {ds['kind']} images have none. Use "
+                    "empirical or a model.",
+                )
+            if not images and score in models and models[score]["arch"] == "unet":
+                raise ConfigError(
+                    f"{key}.scores",
+                    f"model '{score}' is a unet, which needs images; {ds['kind']} points are "
+                    "vectors. Use an mlp model.",
+                )
+        if images:
+            _check_images(ds, key)
+        else:
+            if "d" not in ds:
+                raise ConfigError(f"{key}.d", f"required for kind {ds['kind']} (list of d)")
+            stray = [k for k in IMAGE_ONLY_KEYS if k in ds]
+            if stray:
+                raise ConfigError(
+                    f"{key}.{stray[0]}",
+                    f"applies to image kinds ({', '.join(IMAGE_KINDS)}) only, not "
+                    f"{ds['kind']}. Remove it.",
+                )
+
+
+def _check_images(ds: dict, key: str) -> None:
+    if "sizes" not in ds:
+        raise ConfigError(f"{key}.sizes", "required for image datasets (image sides, e.g. [8])")
+    if ds["kind"] in ("idx", "npz", "cifar10", "image_folder") and not ds.get("path"):
+        raise ConfigError(f"{key}.path", f"kind {ds['kind']} reads your files: set their path")
+    if "d" in ds:
+        expected = dimensions(ds)
+        if sorted(ds["d"]) != sorted(expected):
+            raise ConfigError(
+                f"{key}.d",
+                f"{ds['d']} does not match the image sizes {ds['sizes']} (d = channels × side² "
+                f"= {expected}). Remove d (it follows from sizes) or fix it.",
+            )
