@@ -17,7 +17,8 @@ EXACT_SCORES = config_checks.EXACT_SCORES
 
 def checked_config(cfg):
     """Duplicate and unknown keys (with 'did you mean'), the schema (types, ranges, enums;
-    fills the defaults), then relations between keys. Raises a WorkflowError naming the key."""
+    fills the defaults), then relations between keys. Raises a WorkflowError naming the key.
+    """
     files = ", ".join(map(str, workflow.configfiles)) or "none"
     try:
         for path in workflow.configfiles:
