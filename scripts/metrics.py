@@ -2,7 +2,7 @@
 
 import torch
 
-from diffregimes import measure, store
+from diffregimes import judge, measure, store
 from diffregimes.joblog import Timer, start_log
 from diffregimes.seeds import job_seed
 
@@ -15,8 +15,17 @@ traj = store.open_store(sm.input.trajectories)
 train = store.open_store(sm.input.train)
 theory = store.open_store(sm.input.theory)
 seed = job_seed("metrics", w.dataset, w.d, w.n, w.seed, w.score)
+judged = {}
+if sm.input.get("judge"):  # images: the class judge labels the clone end points
+    saved = store.load_checkpoint(sm.input.judge[0])
+    if "no_classes" in saved:
+        judged = {"judge_reason": saved["no_classes"]}
+    else:
+        net, accuracy, _ = judge.load_judge(sm.input.judge[0])
+        judged = {"judge": net, "judge_accuracy": accuracy}
+        log.info("class judge: held-out accuracy %.4f", accuracy)
 with Timer(log, f"metrics, job seed {seed}"):
-    ds = measure.run_metrics(traj, train, theory, sm.params.metrics, seed)
+    ds = measure.run_metrics(traj, train, theory, sm.params.metrics, seed, **judged)
 if sm.input.get("training"):  # a learned score: add its training-time axis
     ds = measure.add_training_axis(ds, store.open_store(sm.input.training[0]))
 log.info(

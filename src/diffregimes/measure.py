@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 
 from . import metrics, theory
-from .data import gaussian_spectrum, population_top_eigenvalue
+from .data import SYNTHETIC_KINDS, gaussian_spectrum, population_top_eigenvalue
 from .neighbours import nearest
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,17 @@ def theory_store(
     alpha = math.log(n) / d
     eig = theory.covariance_spectrum(x)
     lam = float(eig[0])
-    lam_pop = population_top_eigenvalue(law, d)
+    known_law = law["kind"] in SYNTHETIC_KINDS
+    lam_pop = population_top_eigenvalue(law, d) if known_law else float("nan")
 
-    if law["kind"] == "gmm":
+    if not known_law:  # real data: the Gaussian-spectrum f(t) of the training covariance
+        f_theory = theory.excess_entropy_spectrum(times, alpha, eig, d)
+        fine = np.geomspace(1e-4, 20.0, 4000)
+        t_c = theory.collapse_time_from_curve(
+            fine, theory.excess_entropy_spectrum(fine, alpha, eig, d, clip=False)
+        )
+        t_c_how = "zero of the Gaussian-spectrum f(t) of the training covariance (no known law)"
+    elif law["kind"] == "gmm":
         f_theory = theory.excess_entropy_gmm(times, alpha, law["sigma"])
         t_c = theory.collapse_time_gmm(n, d, law["sigma"])
         t_c_how = "GMM closed form ½ log(1 + σ²/(n^{2/d} − 1))"
@@ -89,9 +97,12 @@ def theory_store(
     ds["f_spectrum"].attrs["description"] = "Gaussian-spectrum f(t) from the training covariance"
     ds["Lambda"].attrs.update(
         description="top eigenvalue of the covariance of the centred training data",
-        convention=train.attrs.get("preprocessing", ""),
+        convention=train.attrs.get("lambda_convention", train.attrs.get("preprocessing", "")),
+        preprocessing=train.attrs.get("preprocessing", ""),
     )
     ds["Lambda_population"].attrs["description"] = "top eigenvalue of the law's covariance"
+    if not known_law:
+        ds["Lambda_population"].attrs["not_applicable"] = "real data: no known law"
     ds["t_S_theory"].attrs["description"] = "½ log Λ"
     ds["t_C_theory"].attrs["description"] = t_c_how
     ds["t_C_entropy"].attrs["description"] = (
@@ -107,12 +118,28 @@ def theory_store(
     return ds
 
 
-def _classify(train: xr.Dataset, x: torch.Tensor):
-    """Class of generated points: sign(m·x) for the GMM (SCIENCE.md §3); None without classes."""
-    if "m" not in train:
-        return None
-    m = torch.as_tensor(train["m"].values, dtype=x.dtype)
-    return (x @ m > 0).long()
+NO_JUDGE = "no class judge was given for these images: φ is undefined"
+
+
+def _classify(train: xr.Dataset, x: torch.Tensor, judge=None):
+    """Class of generated points: sign(m·x) for the GMM (SCIENCE.md §3), the class judge's
+    label for images; None without classes."""
+    if "m" in train:
+        m = torch.as_tensor(train["m"].values, dtype=x.dtype)
+        return (x @ m > 0).long()
+    if judge is not None:
+        from .judge import judge_classes
+
+        return judge_classes(judge, x.float())
+    return None
+
+
+def _no_classes_reason(train: xr.Dataset, judge_reason: str | None) -> str:
+    if judge_reason:
+        return judge_reason
+    if train.attrs.get("law_kind") == "gaussian":
+        return NOT_APPLICABLE_NO_CLASSES
+    return NO_JUDGE
 
 
 def run_metrics(
@@ -122,8 +149,14 @@ def run_metrics(
     cfg: dict,
     seed: int,
     device="cpu",
+    judge=None,
+    judge_accuracy: float = float("nan"),
+    judge_reason: str | None = None,
 ) -> xr.Dataset:
-    """Every per-run metric of DESIGN.md from a trajectory store and its training set."""
+    """Every per-run metric of DESIGN.md from a trajectory store and its training set.
+
+    For images, `judge` (judge.Judge) labels the clone end points; its held-out accuracy caps
+    φ(0) below 1 and is stored beside φ. Without classes, φ is NaN with `judge_reason`."""
     rng = np.random.default_rng(seed)
     budget = int(cfg["memory_budget_mb"] * 2**20)
     a = torch.as_tensor(train["x"].values, dtype=torch.float32, device=device)
@@ -164,15 +197,21 @@ def run_metrics(
     phi_train, phi_train_se = metrics.same_nearest_fraction(cidx[..., 0], cidx[..., 1])
     clone_times = traj["clone_time"].values
 
-    labels = _classify(train, flat.cpu())
+    labels = _classify(train, flat.cpu(), judge)
     law = _law(train)
+    # φ's large-t limit Σ_c p_c² over the training labels (½ for two balanced classes)
+    counts = np.unique(train["label"].values, return_counts=True)[1]
+    phi_limit = float(((counts / counts.sum()) ** 2).sum()) if labels is not None else np.nan
     if labels is not None:
         labels = labels.reshape(ct, pairs, 2).numpy()
         phi, phi_se = metrics.same_class_fraction(labels[..., 0], labels[..., 1])
         same = labels[..., 0] == labels[..., 1]
         t_s, t_s_se = metrics.speciation_time_bootstrap(clone_times, same, cfg["bootstrap"], rng)
-        mu_sq = float((train["m"].values ** 2).sum())
-        phi_theory = theory.phi_gmm_time(clone_times, mu_sq, law["sigma"])
+        if "m" in train:
+            mu_sq = float((train["m"].values ** 2).sum())
+            phi_theory = theory.phi_gmm_time(clone_times, mu_sq, law["sigma"])
+        else:
+            phi_theory = np.full(ct, np.nan)
     else:
         phi = phi_se = phi_theory = np.full(ct, np.nan)
         t_s = t_s_se = float("nan")
@@ -194,6 +233,8 @@ def run_metrics(
             "f_mem": f_mem,
             "f_mem_ci_low": f_mem_lo,
             "f_mem_ci_high": f_mem_hi,
+            "phi_limit": phi_limit,
+            "judge_accuracy": float(judge_accuracy),
         },
         coords={
             "clone_time": clone_times,
@@ -215,8 +256,17 @@ def run_metrics(
     ):
         ds[name] = theory_ds[name]
     if labels is None:
+        reason = _no_classes_reason(train, judge_reason)
         for name in ("phi_class", "phi_class_se", "phi_theory", "t_S_measured", "t_S_measured_se"):
-            ds[name].attrs["not_applicable"] = NOT_APPLICABLE_NO_CLASSES
+            ds[name].attrs["not_applicable"] = reason
+    elif "m" not in train:
+        ds["phi_theory"].attrs["not_applicable"] = "no closed form of φ(t) for real data"
+    if judge is None:
+        ds["judge_accuracy"].attrs["not_applicable"] = (
+            "no class judge (GMM classes are exact: sign(m·x))"
+            if "m" in train
+            else _no_classes_reason(train, judge_reason)
+        )
     _describe(ds)
     ds.attrs.update(traj.attrs)
     ds.attrs.update({k: v for k, v in train.attrs.items() if k.startswith("law_")})
@@ -238,6 +288,8 @@ def _describe(ds: xr.Dataset):
         "t_S_measured": "largest t where φ crosses 0.7752, with bootstrap SE",
         "t_C_measured": "mean of t̂_C over trajectories",
         "f_mem": "fraction of end points with d₁/d₂ < threshold (bootstrap CI)",
+        "phi_limit": "large-t limit of φ: Σ_c p_c² over the training labels",
+        "judge_accuracy": "held-out accuracy of the class judge that labels clone end points",
     }
     for name, desc in text.items():
         ds[name].attrs["description"] = desc

@@ -504,7 +504,7 @@ def grid_heatmaps(summary: xr.Dataset):
                 cmap="magma",
                 ax=axes[i][j],
                 cbar=False,
-                vmin=0,
+                vmin=0 if q == "f_mem" else None,  # t_C/t_S < 0 when Λ < 1 (t_S < 0)
                 vmax=1 if q == "f_mem" else None,
                 annot_kws={"fontsize": 7},
             )

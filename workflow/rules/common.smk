@@ -84,11 +84,21 @@ def get_dataset(w):
     return config["datasets"][w.dataset]
 
 
-# The keys that define each kind's law; the grid lists (d, n, scores) are not among them, so
-# adding an n or a score does not rerun the cells that exist already.
+# The keys that define each kind's data; the grid lists (d, n, sizes, scores) are not among
+# them, so adding an n or a score does not rerun the cells that exist already.
+IMAGE_KEYS = (
+    "kind",
+    "path",
+    "classes",
+    "balanced",
+    "upscale",
+    "grayscale",
+    "test_size",
+)
 LAW_KEYS = {
     "gmm": ("kind", "mu", "sigma", "direction", "test_size"),
     "gaussian": ("kind", "lambda_max", "decay", "test_size"),
+    **{kind: IMAGE_KEYS for kind in config_checks.IMAGE_KINDS},
 }
 
 
@@ -102,7 +112,26 @@ def canonical(value):
 def get_dataset_spec(w):
     """The dataset's law and settings (only the keys its kind uses)."""
     spec = get_dataset(w)
-    return canonical({k: spec[k] for k in LAW_KEYS[spec["kind"]]})
+    return canonical({k: spec[k] for k in LAW_KEYS[spec["kind"]] if k in spec})
+
+
+def get_side(w):
+    """The image side of an image cell (d = channels × side²); 0 for synthetic data."""
+    spec = get_dataset(w)
+    if spec["kind"] not in config_checks.IMAGE_KINDS:
+        return 0
+    return config_checks.side_of(spec, int(w.d))
+
+
+def is_images(dataset):
+    return config["datasets"][dataset]["kind"] in config_checks.IMAGE_KINDS
+
+
+def get_judge(w):
+    """The class judge of an image dataset at this d (labels clone end points for φ)."""
+    return (
+        [f"results/judges/{w.dataset}/d{w.d}/judge.pt"] if is_images(w.dataset) else []
+    )
 
 
 def section(name):

@@ -1,9 +1,10 @@
-# Training and held-out sets of each (dataset, d, n, seed) cell.
+# Training and held-out sets of each (dataset, d, n, seed) cell, and the class judge of each
+# image dataset and size.
 
 
 rule data:
     input:
-        code=code("make_data", "data", "seeds", "store"),
+        code=code("make_data", "data", "images", "config", "seeds", "store"),
     output:
         train=directory(f"results/data/{CELL}/train.zarr"),
         test=directory(f"results/data/{CELL}/test.zarr"),
@@ -13,9 +14,33 @@ rule data:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=2000,
         runtime=10,
     params:
         spec=get_dataset_spec,
+        side=get_side,
     script:
         "../../scripts/make_data.py"
+
+
+rule judge:
+    input:
+        code=code("judge", "judge", "images", "store", "seeds", "device"),
+    output:
+        "results/judges/{dataset}/d{d}/judge.pt",
+    log:
+        "results/logs/judge/{dataset}/d{d}.log",
+    benchmark:
+        "results/benchmarks/judge/{dataset}/d{d}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        spec=get_dataset_spec,
+        side=get_side,
+        judge=section("judge"),
+    script:
+        "../../scripts/judge.py"

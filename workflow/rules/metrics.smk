@@ -34,7 +34,8 @@ rule metrics:
         train=train_store,
         theory=theory_path,
         training=get_training_axis,
-        code=code("metrics", "measure", "metrics", "theory", "neighbours"),
+        judge=get_judge,
+        code=code("metrics", "measure", "metrics", "theory", "neighbours", "judge"),
     output:
         directory(f"results/metrics/{CELL}/{{score}}.zarr"),
     log:
