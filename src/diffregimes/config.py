@@ -22,7 +22,16 @@ EXACT_SCORES = ("population", "empirical")
 SYNTHETIC_KINDS = ("gmm", "gaussian")
 IMAGE_KINDS = ("digits", "fashion_mnist", "idx", "npz", "cifar10", "image_folder")
 # Keys that belong to one family of kinds only (a gmm with `sizes:` is a mistake, not a no-op).
-IMAGE_ONLY_KEYS = ("path", "classes", "balanced", "sizes", "upscale", "grayscale")
+IMAGE_ONLY_KEYS = (
+    "path",
+    "classes",
+    "balanced",
+    "sizes",
+    "upscale",
+    "grayscale",
+    "skip_if_missing",
+)
+FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 
 
 class ConfigError(ValueError):
@@ -83,6 +92,37 @@ def check_unknown_keys(cfg, schema: dict, where: str = "") -> None:
                 path,
                 f"unknown key in {section}.{hint} Known keys: {', '.join(props)}.",
             )
+
+
+def data_path(spec: dict) -> str | None:
+    """The files an image dataset reads (None for digits, which sklearn ships)."""
+    if spec["kind"] == "fashion_mnist":
+        return spec.get("path") or FASHION_MNIST_PATH
+    return spec.get("path")
+
+
+def drop_missing_optional(cfg: dict) -> list[str]:
+    """Remove the image datasets marked `skip_if_missing: true` whose files are absent (the
+    default grid's Fashion-MNIST on a machine without Debian's package); one warning each,
+    saying how to add them. Any other dataset with missing files is an error of its job."""
+    warnings = []
+    for name, ds in list(cfg["datasets"].items()):
+        path = data_path(ds) if ds["kind"] in IMAGE_KINDS else None
+        if ds.get("skip_if_missing") and path and not Path(path).exists():
+            del cfg["datasets"][name]
+            how = (
+                "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+                "or set its path"
+                if ds["kind"] == "fashion_mnist"
+                else "put its files there or fix its path"
+            )
+            warnings.append(
+                f"datasets.{name}: {path} does not exist, so this run leaves {name} out "
+                f"(skip_if_missing: true). To add it, {how}, and rerun."
+            )
+    if not cfg["datasets"]:
+        raise ConfigError("datasets", "every dataset was left out: " + " ".join(warnings))
+    return warnings
 
 
 def dimensions(spec: dict) -> list[int]:

@@ -49,7 +49,10 @@ def _panels_by_d(sub: xr.Dataset):
     fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 3.4), squeeze=False, sharey=True)
     if not ds_d:
         _no_runs(axes[0][0])
-    panels = [(ax, d, sub.where(sub.d == d, drop=True)) for ax, d in zip(axes[0], ds_d)]
+    panels = [
+        (ax, d, sub.where(sub.d == d, drop=True))
+        for ax, d in zip(axes[0][: len(ds_d)], ds_d, strict=True)
+    ]
     return fig, axes, panels
 
 
@@ -295,6 +298,11 @@ def run_speciation(m: xr.Dataset):
         ax.axhline(0.7752, color="red", ls="--", lw=0.8, label="φ = 0.7752")
         _vline(ax, float(m.t_S_theory), "t_S = ½ log Λ", color="grey", ls=":")
         _vline(ax, float(m.t_S_measured), "t_S measured", color="C1", ls="-.")
+        if "judge_accuracy" in m and np.isfinite(float(m.judge_accuracy)):
+            acc = float(m.judge_accuracy)
+            ax.axhline(acc, color="C2", lw=0.8, label=f"class judge accuracy {acc:.3f}")
+        if "phi_limit" in m and np.isfinite(float(m.phi_limit)):
+            ax.axhline(float(m.phi_limit), color="k", ls=":", lw=0.8, label="Σ p_c² (t → ∞)")
         ax.legend(fontsize=7)
     else:
         ax.text(
@@ -391,6 +399,37 @@ def run_trajectories(traj: xr.Dataset, train: xr.Dataset, m: xr.Dataset, shown: 
     ax.invert_xaxis()
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def _as_pictures(x: np.ndarray, train: xr.Dataset) -> np.ndarray:
+    """Flattened centred pixels → images (N, side, side[, 3]) in [0, 1] for imshow."""
+    c, h, w = (int(v) for v in train.attrs["image_shape"])
+    pix = (x + train["pixel_mean"].values[None, :]).reshape(-1, c, h, w).clip(0, 1)
+    return pix[:, 0] if c == 1 else pix.transpose(0, 2, 3, 1)
+
+
+def image_samples(traj: xr.Dataset, train: xr.Dataset, shown: int = 12):
+    """Generated images at t_min (top row) above their nearest training images (bottom row),
+    each titled with d₁/d₂ (red below 1/3: a copy of a training image)."""
+    x = traj["x"].isel(time=-1).values[:shown].astype(np.float64)
+    a = train["x"].values.astype(np.float64)
+    d2 = (x**2).sum(1)[:, None] - 2 * x @ a.T + (a**2).sum(1)[None, :]  # few points: direct
+    order = np.argsort(d2, axis=1)[:, :2]
+    dist = np.sqrt(np.maximum(np.take_along_axis(d2, order, axis=1), 0))
+    ratio = dist[:, 0] / np.maximum(dist[:, 1], 1e-12)
+    gen, near = _as_pictures(x, train), _as_pictures(a[order[:, 0]], train)
+    k = len(x)
+    fig, axes = plt.subplots(2, k, figsize=(0.95 * k, 2.3), squeeze=False)
+    for j in range(k):
+        for row, pics in enumerate((gen, near)):
+            ax = axes[row][j]
+            ax.imshow(pics[j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set(xticks=[], yticks=[])
+        axes[0][j].set_title(f"{ratio[j]:.2f}", fontsize=7, color="C3" if ratio[j] < 1 / 3 else "k")
+    axes[0][0].set_ylabel("generated", fontsize=7)
+    axes[1][0].set_ylabel("nearest\ntraining", fontsize=7)
+    fig.tight_layout(pad=0.3)
     return fig
 
 

@@ -4,6 +4,7 @@ import sys
 
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 sys.path.insert(0, f"{workflow.basedir}/src")  # the library, also without `pip install`
@@ -26,6 +27,8 @@ def checked_config(cfg):
         with open(SCHEMA) as f:
             config_checks.check_unknown_keys(cfg, yaml.safe_load(f))
         validate(cfg, SCHEMA)
+        for warning in config_checks.drop_missing_optional(cfg):
+            logger.warning(warning)
         config_checks.check(cfg)
     except config_checks.ConfigError as e:
         raise WorkflowError(f"{e} (config file: {files})") from None
