@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from diffregimes import generate, nets, store, training_axis
+from diffregimes.data import SYNTHETIC_KINDS
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, start_log
 from diffregimes.seeds import job_seed
@@ -12,10 +13,11 @@ w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "training_axis")
 device = job_device(log, sm.threads, sm.resources.get("gpu"))
 
-train = store.open_store(sm.input.train)
-test = store.open_store(sm.input.test)
+train = store.open_store(sm.input.train, "training set", require=("x",))
+test = store.open_store(sm.input.test, "held-out set", require=("x",))
 net = nets.load_trained(sm.input.model, device)
-population = generate.build_score("population", train, p.budget, device)
+known_law = train.attrs["kind"] in SYNTHETIC_KINDS  # real images: no population score
+population = generate.build_score("population", train, p.budget, device) if known_law else None
 seed = job_seed("training_axis", w.dataset, w.d, w.n, w.seed, w.model)
 with Timer(log, f"training axis of {w.model}, job seed {seed}"):
     ds = training_axis.measure_training_axis(

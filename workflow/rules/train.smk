@@ -3,7 +3,7 @@
 
 rule train:
     input:
-        train=train_store,
+        train=TRAIN_STORE,
         code=code("train", "train", "nets", "process", "device", "store", "seeds"),
     output:
         model=f"results/models/{CELL}/{{model}}/final.pt",
@@ -29,7 +29,7 @@ rule train:
 rule training_axis:
     input:
         model=f"results/models/{CELL}/{{model}}/final.pt",
-        train=train_store,
+        train=TRAIN_STORE,
         test=f"results/data/{CELL}/test.zarr",
         code=code(
             "training_axis",
@@ -39,6 +39,7 @@ rule training_axis:
             "scores",
             "neighbours",
             "metrics",
+            "data",
         ),
     output:
         directory(f"results/training/{CELL}/{{model}}.zarr"),
