@@ -10,6 +10,12 @@ log.info("making %s (%s): d=%s n=%s seed=%s", w.dataset, spec["kind"], w.d, w.n,
 if spec["kind"] in images.IMAGE_KINDS:
     train, test = images.make_image_data(spec, w.dataset, p.side, int(w.n), int(w.seed))
     log.info("%s; source %s", train.attrs["preprocessing"], train.attrs["source"])
+    if train.sizes["feature"] != int(w.d):  # npz `channels` declared wrongly in the config
+        raise ValueError(
+            f"datasets.{w.dataset}.channels: the config gives d={w.d}, but "
+            f"{train.attrs['source']} holds {train.attrs['image_shape'][0]}-channel images "
+            f"(d={train.sizes['feature']}); fix channels (or remove it) and rerun"
+        )
 else:
     train, test = data.make_synthetic(spec, w.dataset, int(w.d), int(w.n), int(w.seed))
 store.write(train, snakemake.output.train)  # noqa: F821

@@ -7,12 +7,15 @@ touches the repository's own results/.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
 from workflow_helpers import ROOT, TINY, planned_jobs, snakemake
+
+from diffregimes import images
 
 RUN_VARIABLES = {
     "phi_class": ("clone_time",),
@@ -35,19 +38,24 @@ RUN_VARIABLES = {
 
 
 def test_default_config_dry_run(tmp_path):
-    """The shipped config validates and plans the full grid (3 d × 3 n × 3 scores)."""
+    """The shipped config validates and plans the full grid: GMM 3 d × 3 n × 3 scores, digits
+    2 n × 2 scores, Fashion-MNIST 2 n × 1 score where Debian's files are installed."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     jobs = planned_jobs(tmp_path, None)
-    assert jobs["sample"] == 27 and jobs["metrics"] == 27
-    assert jobs["train"] == 9 and jobs["training_axis"] == 9
-    assert jobs["data"] == 9 and jobs["theory"] == 9
+    fashion = Path(images.FASHION_MNIST_PATH).is_dir()
+    assert jobs["sample"] == 27 + 4 + 2 * fashion and jobs["metrics"] == jobs["sample"]
+    assert jobs["train"] == 9 + 2 and jobs["training_axis"] == 9 + 2
+    assert jobs["data"] == 9 + 2 + 2 * fashion and jobs["theory"] == jobs["data"]
+    assert jobs["judge"] == 1 + fashion
     assert jobs["summary"] == 1 and jobs["index"] == 1
 
 
 def test_paper_config_dry_run(tmp_path):
     jobs = planned_jobs(tmp_path, ROOT / "config" / "paper.yaml")
-    assert jobs["sample"] == 3 * (7 * 5 * 3 + 3 * 3 * 3 + 3 * 2 * 2)
-    assert jobs["train"] == 3 * (7 * 5 + 3 * 3)
+    # synthetic laws, then the bring-your-own images (planned without reading their files)
+    assert jobs["sample"] == 3 * (7 * 5 * 3 + 3 * 3 * 3 + 3 * 2 * 2) + 3 * 8
+    assert jobs["train"] == 3 * (7 * 5 + 3 * 3) + 3 * 3
+    assert jobs["judge"] == 5
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ IMAGE_ONLY_KEYS = (
     "upscale",
     "grayscale",
     "skip_if_missing",
+    "channels",
 )
 FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 

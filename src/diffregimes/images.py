@@ -116,6 +116,8 @@ def channels(spec: dict) -> int:
         return 1
     if kind in ("cifar10", "image_folder"):
         return 3
+    if spec.get("channels"):  # npz: declared in the config (checked when the file is read)
+        return int(spec["channels"])
     # npz: read only the header of x.npy inside the archive, not the pixels.
     path = _folder(spec, "<name>", "an .npz file with arrays x (images) and y (labels, optional)")
     shape = _npz_header_shape(path, "x", "<name>")

@@ -56,12 +56,10 @@ def run_table():
 CELL = "{dataset}/d{d}/n{n}/s{seed}"
 
 
-def train_store(w):
-    return f"results/data/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/train.zarr"
-
-
-def theory_path(w):
-    return f"results/theory/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/theory.zarr"
+# Plain patterns, not input functions: Snakemake calls an input function (and inspects its
+# signature) for every job, a cost that adds up on large grids (bench: dry_run_10k_jobs_s).
+TRAIN_STORE = f"results/data/{CELL}/train.zarr"
+THEORY_STORE = f"results/theory/{CELL}/theory.zarr"
 
 
 def metrics_stores(wildcards=None):
@@ -96,6 +94,7 @@ IMAGE_KEYS = (
     "balanced",
     "upscale",
     "grayscale",
+    "channels",
     "test_size",
 )
 LAW_KEYS = {
