@@ -3,7 +3,7 @@
 
 rule theory:
     input:
-        train=train_store,
+        train=TRAIN_STORE,
         code=code(
             "theory", "measure", "metrics", "theory", "neighbours", "process", "data"
         ),
@@ -31,8 +31,8 @@ rule theory:
 rule metrics:
     input:
         trajectories=f"results/trajectories/{CELL}/{{score}}.zarr",
-        train=train_store,
-        theory=theory_path,
+        train=TRAIN_STORE,
+        theory=THEORY_STORE,
         training=get_training_axis,
         judge=get_judge,
         code=code("metrics", "measure", "metrics", "theory", "neighbours", "judge"),

@@ -5,7 +5,7 @@ rule report_run:
     input:
         metrics=f"results/metrics/{CELL}/{{score}}.zarr",
         trajectories=f"results/trajectories/{CELL}/{{score}}.zarr",
-        train=train_store,
+        train=TRAIN_STORE,
         train_log=get_train_log,
         notebook=f"{workflow.basedir}/workflow/notebooks/run.ipynb",
         code=code("report_run", "plots", "reports"),

@@ -3,7 +3,7 @@
 
 rule sample:
     input:
-        train=train_store,
+        train=TRAIN_STORE,
         model=get_score_inputs,
         code=code(
             "sample",
