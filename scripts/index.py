@@ -7,7 +7,7 @@ from diffregimes.joblog import start_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = start_log(sm.log[0], "index")
-summary = store.open_store(sm.input.summary)
+summary = store.open_store(sm.input.summary, "summary store")
 out = Path(sm.output[0])
 for path in sm.input.runs:  # every run report the table links to must exist
     if not Path(path).exists():

@@ -10,22 +10,31 @@ w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "sample")
 device = job_device(log, sm.threads, sm.resources.get("gpu"))
 
-train = store.open_store(sm.input.train)
+train = store.open_store(sm.input.train, "training set", require=("x",))
 seed = job_seed("sample", w.dataset, w.d, w.n, w.seed, w.score)
 model = sm.input.model[0] if sm.input.get("model") else None  # a learned score's weights
 score = generate.build_score(w.score, train, p.budget, device, model_path=model)
 bar = progress_bar(generate.planned_steps(p.time, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):
-    ds = generate.sample_trajectories(
-        score,
-        int(w.d),
-        p.time,
-        p.sampler,
-        p.cloning,
-        seed,
-        device,
-        progress=lambda _: bar.update(),
-    )
+    try:
+        ds = generate.sample_trajectories(
+            score,
+            int(w.d),
+            p.time,
+            p.sampler,
+            p.cloning,
+            seed,
+            device,
+            progress=lambda _: bar.update(),
+        )
+    except FloatingPointError as err:
+        fix = (
+            f"the model {model} gives a non-finite score there: lower models.{w.score}.lr or "
+            "grad_clip in the config and rerun snakemake (the model is trained again)"
+            if model
+            else "an exact score is finite for t > 0: check the dataset's law keys and time.t_min"
+        )
+        raise FloatingPointError(f"{err}, {w.score} score; no trajectories written. {fix}") from err
 bar.close()
 ds.attrs.update(dataset=w.dataset, d=int(w.d), n=int(w.n), seed=int(w.seed), score=w.score)
 store.write(ds, sm.output[0])

@@ -5,6 +5,6 @@ from diffregimes.joblog import start_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = start_log(sm.log[0], "summary")
-runs = [store.open_store(path) for path in sm.input.stores]
+runs = [store.open_store(path, "metrics store") for path in sm.input.stores]
 log.info("stacking %d runs", len(runs))
 store.write(measure.stack_summary(runs), sm.output[0])

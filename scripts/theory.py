@@ -11,7 +11,7 @@ w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "theory")
 torch.set_num_threads(sm.threads)
 
-train = store.open_store(sm.input.train)
+train = store.open_store(sm.input.train, "training set", require=("x",))
 grid, keep = process.grid_from_settings(p.time)
 seed = job_seed("theory", w.dataset, w.d, w.n, w.seed)
 with Timer(log, f"theory and f^e, job seed {seed}"):

@@ -14,7 +14,7 @@ w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "train")
 device = job_device(log, sm.threads, sm.resources.get("gpu"))
 
-data = store.open_store(sm.input.train)
+data = store.open_store(sm.input.train, "training set", require=("x",))
 x = torch.as_tensor(data["x"].values, dtype=torch.float32)
 seed = job_seed("train", w.dataset, w.d, w.n, w.seed, w.model)
 torch.manual_seed(seed)  # network initialisation

@@ -65,7 +65,9 @@ def sample_trajectories(
 ) -> xr.Dataset:
     """Run the sampler and the clones; return the trajectory store's Dataset.
 
-    `progress(n_steps)` is called as integration steps complete (for a progress bar)."""
+    `progress(n_steps)` is called as integration steps complete (for a progress bar). A NaN or
+    inf state raises FloatingPointError naming the step, its times and the run (main or the
+    clones of one branch time)."""
     grid, keep = process.grid_from_settings(time_cfg)
     gen = torch.Generator(device=device).manual_seed(seed)
     name = sampler_cfg["name"]
@@ -76,14 +78,24 @@ def sample_trajectories(
     # One pass saves both the stored times and the clone branch points.
     union = np.union1d(keep, idx)
     log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(grid) - 1)
-    _, states = samplers.sample(score_fn, x_T, grid, name, gen, save_idx=union, callback=progress)
+    try:
+        _, states = samplers.sample(
+            score_fn, x_T, grid, name, gen, save_idx=union, callback=progress
+        )
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{err} in the main run of {len(x_T)} trajectories") from err
     traj = states[np.searchsorted(union, keep)]
 
     clones = []
     for j, k in enumerate(idx):
         log.info("cloning %d pairs at t = %.4g (%d/%d)", pairs, grid[k], j + 1, len(idx))
         start = states[np.searchsorted(union, k), :pairs].to(device)
-        ends = samplers.clone(score_fn, start, grid, int(k), clone_sampler, gen, callback=progress)
+        try:
+            ends = samplers.clone(
+                score_fn, start, grid, int(k), clone_sampler, gen, callback=progress
+            )
+        except FloatingPointError as err:  # its steps count from the branch point
+            raise FloatingPointError(f"{err} in the clones branched at t = {grid[k]:.6g}") from err
         clones.append(ends.float().cpu())
     x_clone = torch.stack(clones).permute(0, 2, 1, 3)  # (clone_time, pair, copy, feature)
 

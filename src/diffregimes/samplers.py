@@ -118,32 +118,71 @@ def sample(
     generator: torch.Generator | None = None,
     save_idx=None,
     callback: Callable[[int], None] | None = None,
+    check_every: int | None = None,
 ):
     """Integrate from x at times[0] down the descending grid `times` to times[-1].
 
     Returns the final state and, if `save_idx` is given, a float32 CPU tensor
-    (len(save_idx), batch, d) of the states at those grid indices. A non-finite state stops
-    the run with the time at which it appeared."""
+    (len(save_idx), batch, d) of the states at those grid indices.
+
+    A NaN or inf in the state (from the score or the step) stops the run with
+    FloatingPointError naming the first step where it appeared and its times. The state is
+    tested every `check_every` steps (default 8 on the CPU, 32 on a GPU, where a test waits for
+    the device) and at the end, by one float64 sum (finite exactly when every entry is); a
+    failed test replays the steps since the last finite state, from the same generator state,
+    to find the first bad one. The test costs < 1 % of a sampling step on the CPU."""
     step = SAMPLERS[sampler]
     times = [float(t) for t in times]
     saved, where = [], set() if save_idx is None else {int(i) for i in save_idx}
+    if check_every is None:
+        check_every = 8 if x.device.type == "cpu" else 32
     state = None
+    finite = (0, x, state, _rng_state(generator))  # the last state known to be finite
     if 0 in where:
         saved.append(x.float().cpu())
     for k in range(len(times) - 1):
         last = k == len(times) - 2
         x, state = step(score, x, times[k], times[k + 1], generator, state, last)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(
-                f"sampler {sampler!r} produced NaN/inf at step {k + 1} "
-                f"(t = {times[k]:.6g} → {times[k + 1]:.6g}); check the score at that time"
-            )
+        if (k + 1) % check_every == 0 or last:
+            if not _is_finite(x):
+                raise _locate(score, sampler, times, finite, generator, k + 1)
+            finite = (k + 1, x, state, _rng_state(generator))
         if k + 1 in where:
             saved.append(x.float().cpu())
         if callback is not None:
             callback(k + 1)
     traj = torch.stack(saved) if saved else None
     return x, traj
+
+
+def _is_finite(x: torch.Tensor) -> bool:
+    """Every entry finite: a float64 sum of float32 values cannot overflow, and NaN or ±inf in
+    any entry makes it NaN or ±inf. One reduction, no boolean tensor."""
+    return math.isfinite(float(x.sum(dtype=torch.float64)))
+
+
+def _rng_state(generator):
+    return None if generator is None else generator.get_state()
+
+
+def _locate(score, sampler, times, finite, generator, upto) -> FloatingPointError:
+    """Replay the steps after the last finite state to the step where NaN/inf first appears."""
+    k0, x, state, rng = finite
+    if rng is not None:
+        generator.set_state(rng)
+    for k in range(k0, upto):
+        x, state = SAMPLERS[sampler](
+            score, x, times[k], times[k + 1], generator, state, k == len(times) - 2
+        )
+        if not _is_finite(x):
+            return FloatingPointError(
+                f"sampler {sampler!r} produced NaN/inf at step {k + 1} of {len(times) - 1} "
+                f"(t = {times[k]:.6g} → {times[k + 1]:.6g})"
+            )
+    return FloatingPointError(  # the replay stayed finite (a score that is not reproducible)
+        f"sampler {sampler!r} produced NaN/inf between steps {k0 + 1} and {upto} of "
+        f"{len(times) - 1} (t = {times[k0]:.6g} → {times[upto]:.6g})"
+    )
 
 
 def clone(
