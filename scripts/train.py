@@ -18,7 +18,9 @@ data = store.open_store(sm.input.train, "training set", require=("x",))
 x = torch.as_tensor(data["x"].values, dtype=torch.float32)
 seed = job_seed("train", w.dataset, w.d, w.n, w.seed, w.model)
 torch.manual_seed(seed)  # network initialisation
-net = nets.build_network(p.model, x.shape[1])
+shape = data.attrs.get("image_shape")  # images: (channels, side, side) for a U-Net
+shape = tuple(int(v) for v in shape) if shape is not None else None
+net = nets.build_network(p.model, x.shape[1], shape)
 log.info("%s: %d parameters", p.model["arch"], sum(q.numel() for q in net.parameters()))
 folder = Path(sm.output.model).parent
 bar = progress_bar(p.model["steps"], "training steps", sm.log[0])
@@ -43,7 +45,7 @@ with Timer(log, f"training {w.model}, job seed {seed}"):
         progress=lambda step: bar.update(step - bar.n),
     )
 bar.close()
-nets.save_trained(sm.output.model, result["ema"], p.model, x.shape[1], result["step"])
+nets.save_trained(sm.output.model, result["ema"], p.model, x.shape[1], result["step"], shape)
 hist = train.history_dataset(result["history"])
 hist.attrs.update(
     dataset=w.dataset,

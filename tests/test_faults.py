@@ -618,11 +618,6 @@ def test_every_store_records_its_job_seed(straight):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.make_synthetic does not write its job seed yet (src/diffregimes/data.py, "
-    "owned by the data stage): remove this mark when it does",
-)
 def test_data_stores_record_their_job_seed(straight):
     for name in ("train", "test"):
         ds = store.open_store(straight / f"results/data/{CELL}/{name}.zarr", load=False)

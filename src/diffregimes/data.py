@@ -79,6 +79,7 @@ def _as_dataset(x, label, spec, name, d, n, seed, m):
         d=int(d),
         n=int(n),
         seed=int(seed),
+        seed_job=job_seed("data", name, d, seed),
         preprocessing="none (synthetic law, raw coordinates)",
     )
     ds.attrs.update({f"law_{k}": v for k, v in spec.items() if isinstance(v, int | float | str)})

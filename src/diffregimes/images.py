@@ -352,6 +352,7 @@ def _as_dataset(x, label, mean, spec, name, side, n, seed, c, pool, text):
         d=int(d),
         n=int(n),
         seed=int(seed),
+        seed_job=job_seed("data", name, side, seed),
         channels=int(c),
         side=int(side),
         image_shape=[int(c), int(side), int(side)],

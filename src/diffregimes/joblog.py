@@ -19,6 +19,12 @@ def start_log(path: str, stage: str) -> logging.Logger:
     logging.captureWarnings(True)
     log = logging.getLogger(f"diffregimes.{stage}")
     log.info("python %s", sys.version.split()[0])
+
+    def log_the_error(kind, value, tb):  # the error in the job's log too, not only on stderr
+        log.error("%s: %s", kind.__name__, value, exc_info=(kind, value, tb))
+        sys.__excepthook__(kind, value, tb)
+
+    sys.excepthook = log_the_error
     return log
 
 
@@ -39,5 +45,9 @@ class Timer:
         self.log.info("%s ...", self.what)
         return self
 
-    def __exit__(self, *exc):
-        self.log.info("%s: done in %.2f s", self.what, time.perf_counter() - self.start)
+    def __exit__(self, kind, *exc):
+        took = time.perf_counter() - self.start
+        if kind is None:
+            self.log.info("%s: done in %.2f s", self.what, took)
+        else:
+            self.log.info("%s: failed after %.2f s", self.what, took)
