@@ -645,3 +645,19 @@ def test_corrupted_training_set_error_in_snakemake_output(second, tmp_path):
     assert f"training set {train_zarr} cannot be read" in out, out
     assert f"corrupted or of another format: {FIX}" in out
     assert "Traceback" in out and out.count("Traceback") == 1, "one traceback, not a chain"
+
+
+def test_a_job_error_reaches_its_log_file(tmp_path):
+    """The error that stops a job is in its `log:` file, not only in snakemake's output."""
+    log = tmp_path / "job.log"
+    code = (
+        "from diffregimes.joblog import Timer, start_log\n"
+        f"log = start_log({str(log)!r}, 'demo')\n"
+        "with Timer(log, 'work'):\n"
+        "    raise ValueError('datasets.x.path: /nowhere does not exist')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
+    text = log.read_text()
+    assert "ValueError: datasets.x.path: /nowhere does not exist" in text
+    assert "work: failed after" in text and "done in" not in text
