@@ -252,6 +252,12 @@ stop() {
     stop_pid slurmdbd "$STATE/run/slurmdbd.pid"
     stop_pid mariadb "$STATE/mysql/mariadb.pid"
     stop_pid munged "$STATE/run/munged.pid"
+    # Without a controller, a slurm.conf makes every `scontrol` wait ~9 s for it, and the
+    # SLURM executor plugin calls scontrol when Snakemake merely imports it: each later
+    # snakemake run would pay that. `start` writes the config again.
+    if [ -e $ETC/slurm.conf ] && grep -qF "$MARK" $ETC/slurm.conf; then
+        rm -f $ETC/slurm.conf
+    fi
 }
 
 status() {
