@@ -39,12 +39,12 @@ RUN_VARIABLES = {
 
 def test_default_config_dry_run(tmp_path):
     """The shipped config validates and plans the full grid: GMM 3 d × 3 n × 3 scores, digits
-    2 n × 2 scores, Fashion-MNIST 2 n × 1 score where Debian's files are installed."""
+    2 n × 1 score, Fashion-MNIST 2 n × 1 score where Debian's files are installed."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     jobs = planned_jobs(tmp_path, None)
     fashion = Path(images.FASHION_MNIST_PATH).is_dir()
-    assert jobs["sample"] == 27 + 4 + 2 * fashion and jobs["metrics"] == jobs["sample"]
-    assert jobs["train"] == 9 + 2 and jobs["training_axis"] == 9 + 2
+    assert jobs["sample"] == 27 + 2 + 2 * fashion and jobs["metrics"] == jobs["sample"]
+    assert jobs["train"] == 9 and jobs["training_axis"] == 9
     assert jobs["data"] == 9 + 2 + 2 * fashion and jobs["theory"] == jobs["data"]
     assert jobs["judge"] == 1 + fashion
     assert jobs["summary"] == 1 and jobs["index"] == 1
