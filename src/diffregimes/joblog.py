@@ -21,7 +21,8 @@ def start_log(path: str, stage: str) -> logging.Logger:
     log.info("python %s", sys.version.split()[0])
 
     def log_the_error(kind, value, tb):  # the error in the job's log too, not only on stderr
-        log.error("%s: %s", kind.__name__, value, exc_info=(kind, value, tb))
+        # the message only: the traceback goes to stderr once (Snakemake also shows the log)
+        log.error("%s: %s", kind.__name__, value)
         sys.__excepthook__(kind, value, tb)
 
     sys.excepthook = log_the_error
