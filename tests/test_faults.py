@@ -41,6 +41,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
+from model_configs import model_cfg
 from workflow_helpers import SNAKEMAKE, TINY
 
 from diffregimes import data, generate, nets, process, samplers, store, train
@@ -129,18 +130,15 @@ def test_intact_store_round_trips_with_empty_chunks(tmp_path):
 
 
 def _tiny_model():
-    return dict(
-        arch="mlp",
+    return model_cfg(
         width=8,
         depth=1,
         embedding=8,
         steps=20,
         batch_size=8,
         lr=1e-3,
-        weight_decay=0.0,
         warmup=1,
         ema=0.9,
-        grad_clip=1.0,
         checkpoints=2,
         log_every=10,
     )

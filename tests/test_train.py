@@ -13,33 +13,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from model_configs import model_cfg
 
 from diffregimes import data, generate, metrics, nets, process, samplers, store, train
 from diffregimes.neighbours import nearest
 from diffregimes.training_axis import evaluated_steps, score_errors, tau_mem
 
 TIME = {"T": 5.0, "t_min": 1e-3, "steps": 150, "spacing": "log_snr", "saved": 76}
-
-
-def model_cfg(**kw):
-    cfg = dict(
-        arch="mlp",
-        width=128,
-        depth=3,
-        embedding=32,
-        steps=1000,
-        batch_size=256,
-        lr=2e-3,
-        weight_decay=0.0,
-        warmup=100,
-        ema=0.995,
-        grad_clip=1.0,
-        checkpoints=4,
-        log_every=50,
-        compile="auto",
-    )
-    cfg.update(kw)
-    return cfg
 
 
 def gmm(d, n, sigma, seed=0, test_size=512):
