@@ -21,14 +21,19 @@ KEYS = (
 
 
 def run(script: str, *args: str) -> dict:
-    """Run one benchmark, echo its output but the JSON line, return that JSON line parsed."""
+    """Run one benchmark, echo its lines as they come (a run takes minutes) but the JSON line,
+    return that JSON line parsed."""
     print(f"== bench/{script} {' '.join(args)}".rstrip(), flush=True)
-    proc = subprocess.run(
-        [sys.executable, str(HERE / script), *args], check=True, capture_output=True, text=True
-    )
-    lines = proc.stdout.strip().splitlines()
-    print("\n".join(lines[:-1]), flush=True)
-    return json.loads(lines[-1])
+    cmd = [sys.executable, "-u", str(HERE / script), *args]  # -u: unbuffered
+    last = None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            if last is not None:
+                print(last, end="", flush=True)
+            last = line
+    if proc.returncode:
+        raise SystemExit(f"bench/{script} failed with exit code {proc.returncode}")
+    return json.loads(last)
 
 
 def main():

@@ -82,7 +82,11 @@ def train(
     net = net.to(device)
     data = data.to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # Parameter lists once: walking the modules for them at every step cost ~5 % of a step.
+    params, ema_params = list(net.parameters()), list(ema.parameters())
+    # foreach: one multi-tensor kernel per Adam operation instead of one per parameter (torch's
+    # CPU default), ~1.2× the steps/s of the small MLPs here (bench/train_loop.py).
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
     gen = torch.Generator(device=device).manual_seed(seed)
     total = int(cfg["steps"])
     save_at = set(checkpoint_steps(total, cfg["checkpoints"]))
@@ -127,10 +131,10 @@ def train(
             loss = (forward(x, t).float() - z).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"], foreach=True)
         opt.step()
         with torch.no_grad():  # EMA: θ_ema ← θ_ema + (1 − decay)(θ − θ_ema)
-            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - cfg["ema"])
+            torch._foreach_lerp_(ema_params, params, 1 - cfg["ema"])
         step += 1
         # On the CPU the check is free; on a GPU it would sync every step, so it runs per log.
         if not use_cuda or step % cfg["log_every"] == 0 or step == total:
