@@ -58,3 +58,47 @@ def test_every_grid_figure_draws_on_a_cut_of_the_grid(summary, cut):
             continue
         assert fig.axes, f"{draw} drew no axes for the cut {cut!r}"
         plt.close(fig)
+
+
+def test_rendered_notebook_is_quiet_on_the_console(tmp_path):
+    """A report's kernel prints nothing to the console of `snakemake` (ipykernel warned about
+    unencrypted TCP on localhost for every report) and the parameters reach the notebook."""
+    import subprocess
+    import sys
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(
+        cells=[
+            new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+            new_code_cell("print(f'answer {x + 1}')"),
+        ]
+    )
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, tmp_path / "t.ipynb")
+    code = (
+        "from diffregimes.reports import render_notebook; "
+        "render_notebook('t.ipynb', 'out/t.ipynb', 'out/t.html', {'x': 41})"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert "answer 42" in (tmp_path / "out" / "t.html").read_text()
+    assert "IPKernelApp" not in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_legend_only_when_something_is_labelled():
+    """A NaN time draws no marker line, so a panel may have nothing to put in its legend."""
+    fig, ax = plt.subplots()
+    plots._vline(ax, float("nan"), "τ_mem")
+    plots._legend(ax, fontsize=7)
+    assert ax.get_legend() is None
+    plots._vline(ax, 0.5, "τ_mem")
+    plots._legend(ax, fontsize=7)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["τ_mem"]
+    plt.close(fig)

@@ -82,7 +82,7 @@ def speciation_curves(summary: xr.Dataset, score: str = "population"):
             ax.plot(best.clone_time, best.phi_theory, "k-", lw=1, label="theory (GMM)")
         ax.axhline(0.7752, color="red", lw=0.8, ls="--")
         ax.set(title=f"d = {d}", xlabel="clone time t", ylabel="φ(t)")
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0], fontsize=7)
     fig.suptitle(f"Speciation by cloning ({score} score); dotted: t_S = ½ log Λ")
     fig.tight_layout()
     return fig
@@ -108,7 +108,7 @@ def measured_vs_theory(summary: xr.Dataset):
         lim = [0, float(np.nanmax(ok[[expected, measured]].to_numpy(), initial=1.0)) * 1.1]
         ax.plot(lim, lim, "k--", lw=0.8)
         ax.set(xlabel=f"{name}, theory", ylabel=f"{name}, measured", title=name)
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -136,7 +136,7 @@ def excess_entropy(summary: xr.Dataset):
             )
             ax.axvline(float(run.t_C_theory), color=color, ls=":", lw=1)
         ax.set(xscale="log", title=f"d = {d}", xlabel="t", ylabel="f(t) / α")
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0], fontsize=7)
     fig.suptitle("Excess entropy: Monte Carlo f^e (points) and theory (lines); dotted: t_C")
     fig.tight_layout()
     return fig
@@ -154,7 +154,7 @@ def collapse_fractions(summary: xr.Dataset, score: str = "empirical"):
             )
             ax.axvline(float(run.t_C_theory), color=line.get_color(), ls=":", lw=1)
         ax.set(xscale="log", title=f"d = {d}", xlabel="t", ylabel="collapsed fraction")
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0], fontsize=7)
     fig.suptitle(f"Collapse ({score} score); dotted: t_C theory")
     fig.tight_layout()
     return fig
@@ -225,7 +225,7 @@ def memorisation_by_step(summary: xr.Dataset):
             if np.isfinite(run.tau_mem):
                 ax.axvline(float(run.tau_mem), color=color, ls=":", lw=1)
         ax.set(xscale="log", title=f"d = {d}", xlabel="training step", ylabel="f_mem")
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0], fontsize=7)
     fig.suptitle("Memorisation along training; dotted: τ_mem")
     fig.tight_layout()
     return fig
@@ -263,7 +263,7 @@ def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
     for ax in axes.flat[runs:]:
         ax.set_visible(False)
     axes[0][0].set_ylabel("Δ_t ‖s_θ − s‖²/d")
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0], fontsize=7)
     fig.suptitle(f"Which score the network learns, at t = {t:.3g}")
     fig.tight_layout()
     return fig
@@ -272,6 +272,13 @@ def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
 # --- per-run figures (the run report) -----------------------------------------------------
 
 REGIME_COLOURS = {"I": "#9e9e9e", "II": "#1f77b4", "III": "#d62728"}
+
+
+def _legend(ax, **kw):
+    """A legend when the axes have labelled artists (a NaN time draws no line, and matplotlib
+    warns on an empty legend)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
 
 
 def _vline(ax, x, label, **kw):
@@ -303,7 +310,7 @@ def run_speciation(m: xr.Dataset):
             ax.axhline(acc, color="C2", lw=0.8, label=f"class judge accuracy {acc:.3f}")
         if "phi_limit" in m and np.isfinite(float(m.phi_limit)):
             ax.axhline(float(m.phi_limit), color="k", ls=":", lw=0.8, label="Σ p_c² (t → ∞)")
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     else:
         ax.text(
             0.5,
@@ -322,7 +329,7 @@ def run_speciation(m: xr.Dataset):
     )
     _vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
     ax.set(xlabel="clone time t", ylabel="φ_C(t)", title="Clones end at the same training point")
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -335,12 +342,12 @@ def run_collapse(m: xr.Dataset):
     _vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
     _vline(ax, float(m.t_C_measured), "mean t̂_C", color="C3", ls="-.")
     ax.set(xscale="log", xlabel="t", ylabel="fraction collapsed", title="Collapse fraction")
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     ax = axes[1]
     sns.histplot(m.t_collapse.values, ax=ax, bins=30, color="C3")
     _vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
     ax.set(xlabel="t̂_C", title="Per-trajectory collapse time")
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     ax = axes[2]
     alpha = float(m.alpha)
     f, se = m.f_excess / alpha, m.f_excess_se / alpha
@@ -351,7 +358,7 @@ def run_collapse(m: xr.Dataset):
         ax.plot(m.time, m.f_spectrum / alpha, ":", color="C2", lw=1, label="training spectrum")
     _vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
     ax.set(xscale="log", xlabel="t", ylabel="f(t) / α", title="Excess entropy")
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -397,7 +404,7 @@ def run_trajectories(traj: xr.Dataset, train: xr.Dataset, m: xr.Dataset, shown: 
         title="Trajectories and their regimes",
     )
     ax.invert_xaxis()
-    ax.legend(fontsize=7, loc="upper left")
+    _legend(ax, fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -443,7 +450,7 @@ def run_memorisation(m: xr.Dataset):
         title=f"Memorisation: f_mem = {float(m.f_mem):.3f} "
         f"[{float(m.f_mem_ci_low):.3f}, {float(m.f_mem_ci_high):.3f}]",
     )
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -462,7 +469,7 @@ def run_training(m: xr.Dataset, log: xr.Dataset):
     axes[1].plot(m.step[ok], m.f_mem_by_step[ok], "o-", color="C3", ms=3)
     _vline(axes[1], float(m.tau_mem), "τ_mem", color="k", ls=":")
     axes[1].set(xscale="log", xlabel="step", ylabel="f_mem", title="Memorisation along training")
-    axes[1].legend(fontsize=7)
+    _legend(axes[1], fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -511,7 +518,7 @@ def phase_diagram(summary: xr.Dataset, score: str = "empirical"):
         ylabel="t",
         title="Phase diagram: I above t_S (dotted), III below t_C",
     )
-    ax.legend(fontsize=6, ncol=2)
+    _legend(ax, fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -600,6 +607,6 @@ def n_needed(summary: xr.Dataset, eps: float, score: str = "empirical"):
         ylabel=f"n needed for t_C ≤ {eps:g}",
         title="Curse of dimensionality: n ~ e^{αd}",
     )
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     fig.tight_layout()
     return fig

@@ -150,6 +150,9 @@ def render_notebook(
         cwd=str(executed.parent),
         log_output=log_output,
         progress_bar=False,
+        # The kernel listens on localhost only; its warning about unencrypted TCP, printed for
+        # every report of a run, said nothing a user can act on. Errors still show.
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     exporter = HTMLExporter(exclude_input=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
