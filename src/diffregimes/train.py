@@ -86,7 +86,7 @@ def train(
     params, ema_params = list(net.parameters()), list(ema.parameters())
     # foreach: one multi-tensor kernel per Adam operation instead of one per parameter (torch's
     # CPU default); on the small MLPs here its gain is within the noise (0.96–1.06× in
-    # bench/train_loop.py), more on models with many parameter tensors.
+    # bench/train_loop.py).
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
     gen = torch.Generator(device=device).manual_seed(seed)
     total = int(cfg["steps"])
