@@ -3,7 +3,7 @@ its training images and scored on its test split."""
 
 import numpy as np
 
-from diffregimes import images, judge, store
+from diffregimes import images, judge, judge_correction, store
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, start_log
 from diffregimes.seeds import job_seed
@@ -36,4 +36,6 @@ else:
             log=log,
         )
     log.info("held-out accuracy %.4f on %d test images", accuracy, len(y_test))
+    if why := judge_correction.correctable(info["confusion"]):  # said here, at training time
+        log.warning("this judge's errors cannot be undone in φ (SCIENCE.md §3): %s", why)
     judge.save_judge(sm.output[0], net, accuracy, {**info, "seed_job": seed})

@@ -21,8 +21,12 @@ if sm.input.get("judge"):  # images: the class judge labels the clone end points
     if "no_classes" in saved:
         judged = {"judge_reason": saved["no_classes"]}
     else:
-        net, accuracy, _ = judge.load_judge(sm.input.judge[0])
-        judged = {"judge": net, "judge_accuracy": accuracy}
+        net, accuracy, info = judge.load_judge(sm.input.judge[0])
+        judged = {
+            "judge": net,
+            "judge_accuracy": accuracy,
+            "judge_confusion": info.get("confusion"),
+        }
         log.info("class judge: held-out accuracy %.4f", accuracy)
 with Timer(log, f"metrics, job seed {seed}"):
     ds = measure.run_metrics(traj, train, theory, sm.params.metrics, seed, **judged)

@@ -22,7 +22,15 @@ with Timer(log, f"theory and f^e, job seed {seed}"):
         seed,
         p.budget,
         entropy_fraction=p.entropy_collapse_fraction,
+        entropy_z=p.entropy_zero_se,
     )
 ds.attrs.update(dataset=w.dataset, d=int(w.d), n=int(w.n), seed=int(w.seed))
-log.info("Λ = %.4g, t_S = %.4g, t_C = %.4g", ds.Lambda, ds.t_S_theory, ds.t_C_theory)
+log.info(
+    "Λ = %.4g, t_S = %.4g, t_C = %.4g, t_C from f^e = %.4g ± %.2g",
+    ds.Lambda,
+    ds.t_S_theory,
+    ds.t_C_theory,
+    ds.t_C_entropy,
+    ds.t_C_entropy_se,
+)
 store.write(ds, sm.output[0])

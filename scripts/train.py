@@ -7,7 +7,7 @@ import torch
 from diffregimes import nets, store, train
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, progress_bar, start_log
-from diffregimes.seeds import fingerprint, job_seed
+from diffregimes.seeds import array_digest, fingerprint, job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
@@ -32,13 +32,15 @@ with Timer(log, f"training {w.model}, job seed {seed}"):
         p.time,
         seed,
         folder,
-        # settings and the training code: a rerun after a change never resumes stale work
+        # settings, the training data's content and the training code: a rerun after a change
+        # never resumes stale work
         fingerprint(
             p.model,
             p.time,
             seed,
             data.attrs["n"],
             data.attrs["d"],
+            array_digest(data["x"].values),
             [Path(f).read_text() for f in sm.input.code],
         ),
         device,

@@ -29,7 +29,6 @@ with Timer(log, f"training axis of {w.model}, job seed {seed}"):
         test,
         population,
         p.time,
-        p.sampler,
         seed,
         p.budget,
         device,
@@ -41,7 +40,7 @@ ds.attrs.update(
     seed=int(w.seed),
     model=w.model,
     seed_job=seed,
-    settings={"axis": p.axis, "sampler": p.sampler},
+    settings={"axis": p.axis, "sampler": "ddim"},
 )
 log.info("tau_mem = %.4g", float(ds.tau_mem))
 store.write(ds, sm.output[0])

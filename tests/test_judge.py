@@ -10,7 +10,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from diffregimes.judge import Judge, judge_classes, load_judge, save_judge, train_judge
+from diffregimes.judge import (
+    Judge,
+    confusion_matrix,
+    judge_classes,
+    load_judge,
+    save_judge,
+    train_judge,
+)
+from diffregimes.judge_correction import correctable
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +50,38 @@ def test_judge_learns_the_digits(digits):
     assert info["final_loss"] < 0.1 and info["seconds"] > 0
     pred = judge_classes(judge, torch.as_tensor(digits[2]).reshape(-1, 1, 8, 8), batch_size=64)
     assert float((pred == torch.as_tensor(digits[3])).double().mean()) == accuracy
+    conf = info["confusion"]  # rows: true class index, columns: predicted (SCIENCE.md §3)
+    assert len(conf) == 10 and all(len(row) == 10 for row in conf)
+    assert all(type(v) is int for row in conf for v in row)
+    assert sum(map(sum, conf)) == info["n_test"] == 300
+    assert sum(conf[k][k] for k in range(10)) / 300 == accuracy
+    assert info["class_counts_test"] == np.bincount(digits[3], minlength=10).tolist()
+    assert info["class_counts_train"] == np.bincount(digits[1], minlength=10).tolist()
+    for i, j in zip(digits[3], pred.tolist(), strict=True):  # counts of (true, predicted)
+        conf[i][j] -= 1
+    assert not any(map(any, conf))
 
 
 def test_arbitrary_labels_come_back_as_given(digits):
     x_tr, y_tr, x_te, y_te = _only(digits, [1, 8])
-    judge, accuracy, _ = train_judge(x_tr, y_tr, x_te, y_te, 1, 8, seed=1, steps=60)
+    judge, accuracy, info = train_judge(x_tr, y_tr, x_te, y_te, 1, 8, seed=1, steps=60)
     assert judge.classes.tolist() == [1, 8]
     pred = judge_classes(judge, x_te)
     assert set(pred.unique().tolist()) <= {1, 8}
     assert accuracy > 0.8  # measured 1.0 (60 steps)
+    # confusion rows/columns follow judge.classes: index 0 is label 1, index 1 label 8
+    assert info["class_counts_test"] == [int(np.sum(y_te == 1)), int(np.sum(y_te == 8))]
+    assert sum(map(sum, info["confusion"])) == len(y_te)
+    assert (info["confusion"][0][0] + info["confusion"][1][1]) / len(y_te) == accuracy
+
+
+def test_confusion_matrix_of_unsorted_classes():
+    conf = confusion_matrix([9, 2, 5], [9, 9, 2, 5, 5, 5], [9, 2, 2, 5, 9, 5])
+    assert conf == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    with pytest.raises(ValueError, match="outside the classes"):
+        confusion_matrix([0, 1], [0, 2], [0, 1])
+    with pytest.raises(ValueError, match="never occur in the training labels"):
+        train_judge(torch.zeros(4, 64), [0, 1] * 2, torch.zeros(2, 64), [0, 3], 1, 8, 0, steps=1)
 
 
 def test_same_seed_same_judge(digits):
@@ -74,6 +105,20 @@ def test_save_and_load_give_the_same_predictions(digits, tmp_path):
     x = torch.as_tensor(digits[2])
     assert torch.equal(judge_classes(back, x), judge_classes(judge, x))
     assert [p.name for p in tmp_path.iterdir()] == ["judge.pt"]  # no partial file left
+    assert back_info["confusion"] == info["confusion"]  # plain lists survive weights_only
+
+
+def test_a_judge_file_without_confusion_still_loads(digits, tmp_path):
+    """Judge files written before the confusion matrix was stored: they load, and the
+    correction of φ says it cannot use them."""
+    x_tr, y_tr, x_te, y_te = _only(digits, [0, 6])
+    judge, accuracy, info = train_judge(x_tr, y_tr, x_te, y_te, 1, 8, seed=2, steps=5)
+    new_keys = ("confusion", "class_counts_test", "class_counts_train")
+    old = {k: v for k, v in info.items() if k not in new_keys}
+    save_judge(tmp_path / "old.pt", judge, accuracy, old)
+    _, back_accuracy, back_info = load_judge(tmp_path / "old.pt")
+    assert back_accuracy == accuracy and "confusion" not in back_info
+    assert "no confusion matrix" in correctable(back_info.get("confusion"))
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from diffregimes import metrics as me
 from diffregimes import theory as th
@@ -15,7 +16,9 @@ def test_same_class_fraction_and_se():
     b = np.array([[0, 1, 0, 1], [1, 1, 1, 1], [1, 1, 0, 0]])
     phi, se = me.same_class_fraction(a, b)
     np.testing.assert_allclose(phi, [0.5, 1.0, 0.0])
-    np.testing.assert_allclose(se, [np.sqrt(0.25 / 4), 0.0, 0.0])  # √(φ(1 − φ)/pairs)
+    # half the width of the 1σ Wilson interval: > 0 at φ = 0 and 1 (½/(N + 1) = 0.1 there)
+    np.testing.assert_allclose(se[1:], [0.1, 0.1])
+    assert 0.8 * np.sqrt(0.25 / 4) < se[0] < np.sqrt(0.25 / 4)
     phi_t, _ = me.same_class_fraction(torch.as_tensor(a), torch.as_tensor(b))
     assert phi_t.dtype == np.float64 and np.array_equal(phi_t, phi)
     phi_c, se_c = me.same_nearest_fraction(a, b)  # φ_C is the same statistic on NN indices
@@ -60,12 +63,15 @@ def test_speciation_time_bootstrap():
     phi_true = th.phi_gmm_time(t, mu_sq, sigma)
     t_star = 0.5 * np.log(mu_sq + 1 - sigma**2)
     same = rng.random((t.size, 4000)) < phi_true[:, None]
-    t_s, se = me.speciation_time_bootstrap(t, same, n_boot=400, rng=4)
-    assert np.isfinite(se) and 0 < se < 0.05
+    t_s, se, no_cross = me.speciation_time_bootstrap(t, same, n_boot=400, rng=4)
+    assert np.isfinite(se) and 0 < se < 0.05 and no_cross == 0.0
     # t_S within 4 SE of the truth plus the grid interpolation error (h = 0.25: < 5e-3)
     assert abs(t_s - t_star) < 4 * se + 5e-3
     # reproducible with the same seed
-    assert me.speciation_time_bootstrap(t, same, n_boot=400, rng=4) == (t_s, se)
+    assert me.speciation_time_bootstrap(t, same, n_boot=400, rng=4) == (t_s, se, no_cross)
+    # a curve that never crosses: every replicate lacks a crossing, and says so
+    t_s, se, no_cross = me.speciation_time_bootstrap(t, same[:, :50] | True, n_boot=50, rng=1)
+    assert np.isnan(t_s) and np.isnan(se) and no_cross == 1.0
 
 
 # ----------------------------------------------------------------------------- §4 collapse
@@ -90,8 +96,9 @@ def test_collapse_times_hand_made():
     np.testing.assert_array_equal(me.collapse_times(nn[:, ::-1], times[::-1]), expected)
     np.testing.assert_array_equal(me.collapse_times(torch.as_tensor(nn), times), expected)
     # collapse fraction: fraction with t̂_C ≥ t, for each saved t
-    frac = me.collapse_fraction(tc, times)
+    frac, lo, hi = me.collapse_fraction(tc, times)
     np.testing.assert_allclose(frac, [1 / 5, 1 / 5, 2 / 5, 3 / 5, 1.0])
+    assert np.all(lo < frac + 1e-15) and np.all(hi > frac - 1e-15) and hi[-1] == 1.0 > lo[-1]
 
 
 # ----------------------------------------------------------------------------- §4 f^e
@@ -172,11 +179,69 @@ def test_memorisation_ratio_and_fraction():
     np.testing.assert_allclose(me.memorisation_ratio(d1, d2), [0.25, 2 / 3, 1 / 3])
     # 30 of 100 below 1/3; exactly 1/3 is not memorised (strict inequality)
     ratio = np.r_[np.full(30, 0.1), np.full(60, 0.9), np.full(10, 1 / 3)]
-    f, lo, hi = me.memorised_fraction(ratio, n_boot=4000, rng=0)
+    f, lo, hi = me.memorised_fraction(ratio)
     assert f == 0.3
-    # 95% bootstrap CI ≈ 0.3 ± 1.96 √(0.21/100) = [0.21, 0.39]; tolerance 0.03 on each end
-    assert lo < f < hi
-    assert lo == pytest.approx(0.21, abs=0.03) and hi == pytest.approx(0.39, abs=0.03)
-    assert me.memorised_fraction(np.full(50, 0.9), rng=1) == (0.0, 0.0, 0.0)
-    assert me.memorised_fraction(np.full(50, 0.01), rng=1) == (1.0, 1.0, 1.0)
-    assert me.memorised_fraction(torch.tensor([0.1, 0.5]), threshold=0.6, rng=1)[0] == 1.0
+    # 95% Wilson interval of 30/100: [0.2189, 0.3958] (Wilson 1927, eq. for z = 1.96)
+    assert lo == pytest.approx(0.2189, abs=1e-4) and hi == pytest.approx(0.3958, abs=1e-4)
+    # never of zero width at 0 and 1: 0/50 → [0, 0.0714], 50/50 → [0.9286, 1]
+    f0, lo0, hi0 = me.memorised_fraction(np.full(50, 0.9))
+    assert (f0, lo0) == (0.0, 0.0) and hi0 == pytest.approx(0.0714, abs=1e-4)
+    f1, lo1, hi1 = me.memorised_fraction(np.full(50, 0.01))
+    assert (f1, hi1) == (1.0, 1.0) and lo1 == pytest.approx(0.9286, abs=1e-4)
+    assert me.memorised_fraction(torch.tensor([0.1, 0.5]), threshold=0.6)[0] == 1.0
+    # Clopper–Pearson on request: 0/50 → upper bound 1 − 0.025^(1/50) = 0.0711
+    assert me.memorised_fraction(np.full(50, 0.9), method="exact")[2] == pytest.approx(
+        1 - 0.025 ** (1 / 50), rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("method", ["wilson", "exact"])
+@pytest.mark.parametrize("k, n", [(0, 40), (40, 40), (1, 40), (17, 40), (0, 1), (3, 7)])
+def test_binomial_interval_against_scipy_and_closed_forms(method, k, n):
+    lo, hi = me.binomial_interval(k, n, 0.95, method)
+    ci = stats.binomtest(k, n).proportion_ci(0.95, method=method)
+    assert (float(lo), float(hi)) == (ci.low, ci.high)
+    assert hi > lo  # nonzero width, also at 0 of N and N of N
+    if method == "wilson":  # Wilson's closed form, written out
+        z, p = stats.norm.ppf(0.975), k / n
+        centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+        half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+        assert float(lo) == pytest.approx(max(centre - half, 0), abs=1e-12)
+        assert float(hi) == pytest.approx(min(centre + half, 1), abs=1e-12)
+    else:  # Clopper–Pearson: beta quantiles
+        exp_lo = 0.0 if k == 0 else stats.beta.ppf(0.025, k, n - k + 1)
+        exp_hi = 1.0 if k == n else stats.beta.ppf(0.975, k + 1, n - k)
+        assert float(lo) == pytest.approx(exp_lo, abs=1e-10)
+        assert float(hi) == pytest.approx(exp_hi, abs=1e-10)
+    # vectorised form
+    lo_v, hi_v = me.binomial_interval(np.array([k, k]), n, 0.95, method)
+    assert lo_v.shape == (2,) and lo_v[0] == lo and hi_v[1] == hi
+
+
+@pytest.mark.parametrize("accuracy", [0.9, 0.95])
+def test_judge_correction_recovers_t_s_of_flipped_gmm_labels(accuracy):
+    """GMM clone pairs (σ = 0.8, |m|² = 96) whose labels a judge of accuracy a flips at random
+    with probability 1 − a: t_S on the corrected φ agrees with t_S of the true labels within
+    2 SE, while the uncorrected crossing moves far out of its SE (SCIENCE.md §3)."""
+    from diffregimes.judge_correction import pair_agreement_map
+
+    rng = np.random.default_rng(7)
+    sigma, mu_sq, pairs = 0.8, 96.0, 20000
+    t = np.linspace(1.0, 4.0, 13)
+    same_true = rng.random((t.size, pairs)) < th.phi_gmm_time(t, mu_sq, sigma)[:, None]
+    c1 = rng.integers(0, 2, (t.size, pairs))
+    c2 = np.where(same_true, c1, 1 - c1)
+    flip = lambda c: np.where(rng.random(c.shape) < 1 - accuracy, 1 - c, c)  # noqa: E731
+    same_obs = flip(c1) == flip(c2)
+    held_out = 1000  # the judge's held-out confusion matrix, 500 images per class
+    confusion = [[500 * accuracy, 500 * (1 - accuracy)], [500 * (1 - accuracy), 500 * accuracy]]
+    assert sum(map(sum, confusion)) == held_out
+    a_, b_ = pair_agreement_map(confusion)
+    t_true, se_true, _ = me.speciation_time_bootstrap(t, same_true, 200, rng=1)
+    t_corr, se_corr, _ = me.speciation_time_bootstrap(
+        t, same_obs, 200, rng=1, correct=lambda p: (p - b_) / (a_ - b_)
+    )
+    t_raw, se_raw, _ = me.speciation_time_bootstrap(t, same_obs, 200, rng=1)
+    assert se_corr >= se_true > 0
+    assert abs(t_corr - t_true) < 2 * se_corr, (t_corr, t_true, se_corr)
+    assert t_true - t_raw > 3 * se_raw, (t_raw, t_true, se_raw)  # the judge pulls t_S down

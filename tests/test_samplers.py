@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from diffregimes.process import delta, time_grid
-from diffregimes.samplers import SAMPLERS, STOCHASTIC, clone, prior_sample, sample
+from diffregimes.process import delta, linear_betas, time_grid
+from diffregimes.samplers import SAMPLERS, STOCHASTIC, clone, denoised, prior_sample, sample
 from diffregimes.scores import GaussianScore, GMMScore
 
 F64 = torch.float64
@@ -35,14 +35,16 @@ def grid():
 # Measured on this set-up (d = 16, σ = 0.6, μ̃ = 0.5, 200 log-SNR steps, T = 5, t_min = 1e-3),
 # with 40 000 samples (statistical error ≈ 0.3% on the variance, 0.004 on the mean), the
 # discretisation bias of the per-class residual variance / σ² − 1 is
-#   euler_maruyama +2.4%, ddpm −3.7%, ddim −1.7%, heun +0.1%, dpm_solver_2m +0.1%
-# and of the per-class mean of m̂·x minus |m| at most −0.015 (EM, ddpm, ddim), ~0.001 (2nd
+#   euler_maruyama +2.4%, ddpm +1.7%, ddpm_posterior −3.6%, ddim −1.7%, heun +0.1%,
+#   dpm_solver_2m +0.1%
+# and of the per-class mean of m̂·x minus |m| at most −0.017 (EM, both ddpm, ddim), ~0.001 (2nd
 # order). The biases halve with the step count for EM/ddpm/ddim and are O(h²) for heun/dpm.
 # With N = 4000 (2000 per class) the statistical SE is 0.6/√2000 ≈ 0.013 on the mean and
 # √(2/2000)/√16 ≈ 0.8% on the variance averaged over 16 coordinates; the tolerances below are
 # bias + ≥ 4 SE. Measured in this test (seed 11, N = 4000), residual variance / σ² − 1 for the
-# (+, −) classes: EM (+3.0%, +2.1%), ddpm (−3.0%, −4.1%), ddim (−3.0%, −1.2%),
-# heun (−1.2%, +0.6%), dpm_solver_2m (−1.2%, +0.7%); mean of m̂·x − |m| within ±0.025.
+# (+, −) classes: EM (+3.0%, +2.1%), ddpm (+2.2%, +1.1%), ddpm_posterior (−3.0%, −4.1%),
+# ddim (−3.0%, −1.2%), heun (−1.2%, +0.6%), dpm_solver_2m (−1.2%, +0.7%); mean of m̂·x − |m|
+# within ±0.025.
 MEAN_TOL = 0.07  # absolute, on m̂·x (|m| = 2)
 VAR_TOL = 0.08  # relative, on the residual variance
 
@@ -192,3 +194,149 @@ def test_nan_score_raises_with_time(name):
     where = r"t = 1 → 0\.5" if name == "heun" else r"t = 0\.5 → 0\.2"
     with pytest.raises(FloatingPointError, match=where):
         sample(bad, torch.zeros(4, 3, dtype=F64), times, name, torch.Generator().manual_seed(0))
+
+
+# --- DDPM ancestral steps against Ho, Jain & Abbeel 2020 written in their own variables -----
+
+
+def _ho_gaussian_score(mean, cov):
+    """s(x, t) of N(μ, C) at OU time t, written out: −(e^{−2t}C + Δ_t I)^{−1}(x − μe^{−t})."""
+
+    def score(x, t):
+        a = math.exp(-2 * t)
+        m = a * cov + (1 - a) * torch.eye(len(mean), dtype=F64)
+        return -torch.linalg.solve(m, (x - mean * math.sqrt(a)).T).T
+
+    return score
+
+
+@pytest.mark.parametrize("k", [2, 40, 300, 1000])  # 1-based DDPM step index, x_k → x_{k−1}
+@pytest.mark.parametrize("name, posterior", [("ddpm", False), ("ddpm_posterior", True)])
+def test_ddpm_step_is_ho_et_al(name, posterior, k):
+    # Ho et al. eq. (11) / Algorithm 2 line 4 with ε̂ = −√(1 − ᾱ_k) s and σ_k² = β_k (ddpm) or
+    # β̃_k = β_k (1 − ᾱ_{k−1})/(1 − ᾱ_k) (ddpm_posterior), §3.2; OU times t_k = −½ log ᾱ_k.
+    beta = torch.tensor(linear_betas(1000), dtype=F64)
+    alpha_bar = torch.cumprod(1 - beta, 0)
+    b_k, ab_k, ab_prev = beta[k - 1].item(), alpha_bar[k - 1].item(), alpha_bar[k - 2].item()
+    t, t_prev = -0.5 * math.log(ab_k), -0.5 * math.log(ab_prev)
+    g = torch.Generator().manual_seed(21)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))
+    cov = q @ torch.diag(torch.tensor([0.04, 0.6, 2.5], dtype=F64)) @ q.T  # σ ≠ 1
+    mu = torch.tensor([0.7, -1.2, 0.3], dtype=F64)
+    score = _ho_gaussian_score(mu, cov)
+    x = torch.randn(5, 3, generator=g, dtype=F64) * 1.3
+
+    eps = -math.sqrt(1 - ab_k) * score(x, t)
+    mean = (x - b_k / math.sqrt(1 - ab_k) * eps) / math.sqrt(1 - b_k)
+    var = b_k * (1 - ab_prev) / (1 - ab_k) if posterior else b_k
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    expected = mean + math.sqrt(var) * z
+
+    step = SAMPLERS[name]
+    got, state = step(score, x, t, t_prev, torch.Generator().manual_seed(5), None, False)
+    assert state is None
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    got_last, _ = step(score, x, t, t_prev, torch.Generator().manual_seed(5), None, True)
+    torch.testing.assert_close(got_last, mean, rtol=1e-10, atol=1e-12)  # last: no noise
+    # through `sample` on the two-point grid: the noise only with noisy_last
+    g2 = torch.Generator().manual_seed(5)
+    torch.testing.assert_close(sample(score, x, [t, t_prev], name, g2)[0], mean)
+    g2 = torch.Generator().manual_seed(5)
+    torch.testing.assert_close(
+        sample(score, x, [t, t_prev], name, g2, noisy_last=True)[0], expected
+    )
+
+
+def test_denoised_is_ho_et_al_final_step():
+    # Ho et al.'s last step x_1 → x_0 (z = 0): x_0 = (x_1 − β_1/√(1 − ᾱ_1) ε̂)/√α_1 with ᾱ_1 = α_1
+    # = 1 − β_1, which is Tweedie's x̂₀ at t_1 = −½ log ᾱ_1, the last time of a DDPM grid.
+    b_1 = float(linear_betas(1000)[0])
+    t_1 = -0.5 * math.log(1 - b_1)
+    assert time_grid(T, T_MIN, 1000, "ddpm_linear")[-1] == pytest.approx(t_1, rel=1e-12)
+    score = _ho_gaussian_score(
+        torch.tensor([0.5, -0.2], dtype=F64), torch.diag(torch.tensor([0.01, 0.3], dtype=F64))
+    )
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(22), dtype=F64) * 0.3
+    eps = -math.sqrt(b_1) * score(x, t_1)
+    x_0 = (x - b_1 / math.sqrt(b_1) * eps) / math.sqrt(1 - b_1)
+    torch.testing.assert_close(denoised(score, x, t_1), x_0, rtol=1e-10, atol=1e-12)
+
+
+def _ho_chain_variance(s2, posterior):
+    """Exact variance of x̂₀ after Ho et al.'s chain for x_0 ~ N(0, s²), x_1000 ~ N(0, 1): the
+    chain is linear, x_{k−1} = a_k x_k + σ_k z with a_k = (1 − β_k/v_k)/√α_k, v_k = ᾱ_k s² + 1 − ᾱ_k
+    (the marginal variance, so s = −x/v_k), then x̂₀ = (1 − (1 − ᾱ_1)/v_1) x_1/√ᾱ_1."""
+    beta = linear_betas(1000)
+    alpha_bar = (1 - beta).cumprod()
+    var = 1.0
+    for k in range(999, 0, -1):  # 0-based index k is Ho's step k + 1: x_{k+1} → x_k
+        v = alpha_bar[k] * s2 + 1 - alpha_bar[k]
+        a = (1 - beta[k] / v) / math.sqrt(1 - beta[k])
+        noise = beta[k] * (1 - alpha_bar[k - 1]) / (1 - alpha_bar[k]) if posterior else beta[k]
+        var = a * a * var + noise
+    v = alpha_bar[0] * s2 + 1 - alpha_bar[0]
+    return (1 - (1 - alpha_bar[0]) / v) ** 2 / alpha_bar[0] * var
+
+
+def test_ddpm_final_variance_of_low_variance_direction():
+    # SCIENCE.md pitfall 6: N(0, s²) with s = 0.1 (a low-variance direction), exact score, Ho et
+    # al.'s 1000-step linear schedule (the ddpm_linear grid t_1000 → t_1, 999 noisy steps with
+    # noisy_last) and the final step x̂₀. The chain is linear, so the exact variance of x̂₀ is
+    # known (`_ho_chain_variance`): Var/s² − 1 = +1.54% for ddpm (σ² = β), −7.24% for
+    # ddpm_posterior (σ² = β̃); for s = 0.05: +1.55% and −14.3%; s = 0.2: +0.93% and −3.7%.
+    # With N = 20 000 the SE of a sample variance is s²√(2/(N − 1)) = 1.0% of s², so ddpm is
+    # within 4 SE of s² (bias 1.5 SE) and ddpm_posterior is below s² by more than 3 SE (7.2 SE
+    # expected). Measured, Var(x̂₀)/s² − 1: seed 23, N = 20 000: ddpm +1.2%, ddpm_posterior −7.5%;
+    # seed 1, N = 400 000 (SE 0.22%): +1.47% and −7.31%, so at such N ddpm's +1.5% bias (the
+    # chain's, not the sampler's) would exceed 4 SE of s².
+    s, n = 0.1, 20_000
+    times = time_grid(T, T_MIN, 1000, "ddpm_linear")  # the schedule's own ends
+    assert len(times) == 1000 and times[-1] < 1e-4
+
+    def score(x, t):
+        return -x / (math.exp(-2 * t) * s * s + delta(t))
+
+    se = s * s * math.sqrt(2 / (n - 1))
+    rel = {}
+    for name in ("ddpm", "ddpm_posterior"):
+        g = torch.Generator().manual_seed(23)
+        x, _ = sample(score, prior_sample(n, 1, g, dtype=F64), times, name, g, noisy_last=True)
+        v = denoised(score, x, times[-1]).var().item()
+        exact = _ho_chain_variance(s * s, name == "ddpm_posterior")
+        assert abs(v - exact) < 4 * se, (name, v, exact)  # the sampler is Ho et al.'s chain
+        rel[name] = v / s**2 - 1
+        if name == "ddpm":
+            assert abs(v - s * s) < 4 * se, rel
+        else:
+            assert v < s * s - 3 * se, rel
+    assert _ho_chain_variance(s * s, False) / s**2 - 1 == pytest.approx(0.0154, abs=1e-3)
+    assert _ho_chain_variance(s * s, True) / s**2 - 1 == pytest.approx(-0.0724, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddpm_posterior", "euler_maruyama"])
+def test_clone_noisy_last(name, gmm, grid):
+    # one grid step left: the copies are the same mean without the last noise, differ with it
+    start = prior_sample(6, D, torch.Generator().manual_seed(24), dtype=F64)
+    g = torch.Generator().manual_seed(25)
+    same = clone(gmm, start, grid, STEPS - 1, name, g, copies=2)
+    assert torch.equal(same[0], same[1])
+    noisy = clone(gmm, start, grid, STEPS - 1, name, g, copies=2, noisy_last=True)
+    assert not torch.equal(noisy[0], noisy[1])
+
+
+@pytest.mark.parametrize("noisy_last", [False, True])
+def test_nan_replay_honours_noisy_last(noisy_last):
+    # NaN at the last step's score: `_locate` replays from the prior with the generator state
+    # saved there, so the generator ends after as many draws as the replayed steps took.
+    def bad(x, t):
+        return torch.full_like(x, math.nan) if t < 0.8 else -x
+
+    times = [2.0, 1.5, 0.7, 0.2]
+    x = torch.zeros(4, 3, dtype=F64)
+    g = torch.Generator().manual_seed(26)
+    with pytest.raises(FloatingPointError, match=r"t = 0\.7 → 0\.2"):
+        sample(bad, x, times, "ddpm", g, noisy_last=noisy_last)
+    ref = torch.Generator().manual_seed(26)
+    for _ in range(3 if noisy_last else 2):
+        torch.randn(x.shape, generator=ref, dtype=F64)
+    assert torch.equal(g.get_state(), ref.get_state())

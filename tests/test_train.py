@@ -48,9 +48,40 @@ def test_checkpoint_grid_is_log_spaced_with_last():
 
 
 def test_tau_mem_interpolates_in_log_step():
-    assert tau_mem([10, 100, 1000], [0.0, 0.0, 0.5], 0.1) == pytest.approx(100 * 10**0.2)
-    assert tau_mem([10, 100], [0.2, 0.9], 0.1) == 10
-    assert math.isnan(tau_mem([10, 100], [0.0, 0.05], 0.1))
+    assert tau_mem([10, 100, 1000], [0.0, 0.0, 0.5], 0.1)[0] == pytest.approx(100 * 10**0.2)
+    assert tau_mem([10, 100], [0.2, 0.9], 0.1)[0] == 10
+    tau, lo, hi, censored = tau_mem([10, 100], [0.0, 0.05], 0.1)
+    assert math.isnan(tau) and censored and lo == 100 and hi == math.inf  # "> last step"
+
+
+def test_tau_mem_interval_from_the_f_mem_intervals():
+    steps = [10, 100, 1000, 10000]
+    f = np.array([0.0, 0.05, 0.3, 0.6])
+    lo_f, hi_f = f - 0.05, f + 0.1  # the upper bounds reach 0.1 first, the lower ones last
+    tau, lo, hi, censored = tau_mem(steps, f, 0.1, lo_f, hi_f)
+    assert not censored and lo < tau < hi
+    assert lo == 10.0  # hi_f = 0.1 reaches the level at the first step
+    assert hi == pytest.approx(100 * 10**0.4)  # lo_f: 0 at 100, 0.25 at 1000 → 0.1 at w = 0.4
+    # the lower bounds never reach the level: the late end is open
+    assert tau_mem(steps, f, 0.1, np.zeros(4), hi_f)[2] == math.inf
+
+
+def test_ema_warm_up_forgets_the_initial_network(tmp_path):
+    """SCIENCE.md §5: with ema = 0.9999 a constant decay keeps the average 99 % the initial
+    network at step 100; with the warm-up min(ema, (1 + k)/(10 + k)) it has moved with the
+    raw weights (here: closer to the raw weights than to the initial ones)."""
+    assert train.ema_decay(0.9999, 0) == pytest.approx(0.1)
+    assert train.ema_decay(0.9999, 90) == pytest.approx(91 / 100)
+    assert train.ema_decay(0.995, 10**6) == 0.995
+    train_ds, _ = gmm(4, 64, 0.6)
+    net = nets.build_network(model_cfg(), 4)
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = model_cfg(steps=100, ema=0.9999, checkpoints=2)
+    result = train.train(net, torch.as_tensor(train_ds["x"].values), cfg, TIME, 1, tmp_path, "fp")
+    raw = net.state_dict()
+    to_init = sum(float((result["ema"][k] - init[k]).pow(2).sum()) for k in init)
+    to_raw = sum(float((result["ema"][k] - raw[k]).pow(2).sum()) for k in init)
+    assert to_init > 0 and to_raw < to_init, (to_raw, to_init)
 
 
 @pytest.mark.slow
@@ -88,7 +119,7 @@ def test_long_training_on_few_points_memorises(tmp_path):
         nets.LearnedScore(net), samplers.prior_sample(256, 8, gen), grid, "euler_maruyama", gen
     )
     dist, _ = nearest(x, a, k=2)
-    f_mem, _, _ = metrics.memorised_fraction(dist[:, 0] / dist[:, 1], 1 / 3, 100, 0)
+    f_mem, _, _ = metrics.memorised_fraction(dist[:, 0] / dist[:, 1], 1 / 3)
     assert f_mem > 0.9
 
 

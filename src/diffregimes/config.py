@@ -154,10 +154,6 @@ def check(cfg: dict) -> None:
         raise ConfigError("cloning.t_lo", f"must be below time.T={time['T']}")
     if time["saved"] > time["steps"] + 1:
         raise ConfigError("time.saved", f"at most time.steps + 1 = {time['steps'] + 1}")
-    if cfg["cloning"]["pairs"] > cfg["sampler"]["samples"]:
-        raise ConfigError(
-            "cloning.pairs", "at most sampler.samples (clones branch off trajectories)"
-        )
     models = cfg.get("models", {})
     known = list(EXACT_SCORES) + list(models)
     for name, ds in cfg["datasets"].items():

@@ -71,38 +71,59 @@ def sample_trajectories(
     grid, keep = process.grid_from_settings(time_cfg)
     gen = torch.Generator(device=device).manual_seed(seed)
     name = sampler_cfg["name"]
-    x_T = samplers.prior_sample(sampler_cfg["samples"], d, gen, device=device)
+    samples = sampler_cfg["samples"]
+    pairs = clone_cfg["pairs"]
+    # Clone pairs branch from the first `pairs` trajectories of the main run, which runs
+    # max(samples, pairs) of them; the store keeps the first `samples` in full.
+    x_T = samplers.prior_sample(max(samples, pairs), d, gen, device=device)
     clone_sampler = name if name in samplers.STOCHASTIC else "euler_maruyama"
-    pairs = min(clone_cfg["pairs"], sampler_cfg["samples"])
+    # A DDPM grid ends, as Ho et al.'s sampler does, with a noisy step to t_1 and the noiseless
+    # x̂₀ step (below); other grids drop the noise of their last step (pitfall 1).
+    noisy_last = time_cfg["spacing"].startswith("ddpm_")
     idx = process.clone_indices(grid, clone_cfg["times"], clone_cfg["t_lo"], time_cfg["T"])
     # One pass saves both the stored times and the clone branch points.
     union = np.union1d(keep, idx)
+    t_min = float(grid[-1])
     log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(grid) - 1)
     try:
-        _, states = samplers.sample(
-            score_fn, x_T, grid, name, gen, save_idx=union, callback=progress
+        end, states = samplers.sample(
+            score_fn, x_T, grid, name, gen, save_idx=union, callback=progress, noisy_last=noisy_last
         )
     except FloatingPointError as err:
         raise FloatingPointError(f"{err} in the main run of {len(x_T)} trajectories") from err
-    traj = states[np.searchsorted(union, keep)]
+    traj = states[np.searchsorted(union, keep), :samples]
+    x_hat = clean_estimate(score_fn, end[:samples], t_min)
 
-    clones = []
+    clones, clones_hat = [], []
     for j, k in enumerate(idx):
         log.info("cloning %d pairs at t = %.4g (%d/%d)", pairs, grid[k], j + 1, len(idx))
         start = states[np.searchsorted(union, k), :pairs].to(device)
         try:
             ends = samplers.clone(
-                score_fn, start, grid, int(k), clone_sampler, gen, callback=progress
+                score_fn,
+                start,
+                grid,
+                int(k),
+                clone_sampler,
+                gen,
+                callback=progress,
+                noisy_last=noisy_last,
             )
         except FloatingPointError as err:  # its steps count from the branch point
             raise FloatingPointError(f"{err} in the clones branched at t = {grid[k]:.6g}") from err
         clones.append(ends.float().cpu())
-    x_clone = torch.stack(clones).permute(0, 2, 1, 3)  # (clone_time, pair, copy, feature)
+        hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min)
+        clones_hat.append(hat.reshape(ends.shape))
+    # (clone_time, pair, copy, feature)
+    x_clone = torch.stack(clones).permute(0, 2, 1, 3)
+    x_hat_clone = torch.stack(clones_hat).permute(0, 2, 1, 3)
 
     ds = xr.Dataset(
         {
             "x": (("sample", "time", "feature"), traj.permute(1, 0, 2).numpy()),
+            "x_hat": (("sample", "feature"), x_hat.numpy()),
             "x_clone": (("clone_time", "pair", "copy", "feature"), x_clone.numpy()),
+            "x_hat_clone": (("clone_time", "pair", "copy", "feature"), x_hat_clone.numpy()),
         },
         coords={
             "sample": np.arange(len(x_T)),
@@ -115,6 +136,13 @@ def sample_trajectories(
     )
     ds["time"].attrs["description"] = "OU time t, descending from T to t_min"
     ds["clone_time"].attrs["description"] = "OU time at which pairs of clones branch"
+    ds["x"].attrs["description"] = "state x(t) of each trajectory at the saved times"
+    ds["x_hat"].attrs["description"] = (
+        "the generated sample: Tweedie estimate x̂₀ = (x + Δ s(x, t_min)) e^{t_min} of the end "
+        "state (SCIENCE.md §5)"
+    )
+    ds["x_clone"].attrs["description"] = "end states x(t_min) of the clones"
+    ds["x_hat_clone"].attrs["description"] = "Tweedie estimate x̂₀ of each clone's end state"
     ds.attrs.update(
         sampler=name,
         clone_sampler=clone_sampler,
@@ -123,6 +151,14 @@ def sample_trajectories(
         settings={"time": time_cfg, "sampler": sampler_cfg, "cloning": clone_cfg},
     )
     return ds
+
+
+def clean_estimate(score_fn, x: torch.Tensor, t: float, batch: int = 4096) -> torch.Tensor:
+    """The generated samples: x̂₀ = (x + Δ_t s(x, t)) e^{t} of end states x at time t, as a
+    float32 CPU tensor (SCIENCE.md §5: for the exact empirical score it is Σ_μ w_μ a^μ, a
+    training point once collapsed; for a DDPM grid it is the final noiseless step)."""
+    out = [samplers.denoised(score_fn, xb, t).float().cpu() for xb in x.split(batch)]
+    return torch.cat(out) if out else torch.empty(0, x.shape[-1])
 
 
 def planned_steps(time_cfg: dict, clone_cfg: dict) -> int:

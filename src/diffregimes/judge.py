@@ -2,10 +2,12 @@
 of the clones in the speciation measurement φ(t) = P(two clones end in the same class)
 (SCIENCE.md §3).
 
-Its held-out accuracy caps φ(0) below 1, so it is stored with the weights. Inputs are images in
-the data stage's coordinates (pixels in [0, 1] minus the per-pixel training mean), either
-flattened (N, C·side·side) as the stores hold them or as (N, C, side, side). Labels may be any
-integers: they are mapped to 0..K−1 for training and back on prediction (`Judge.classes`).
+Its held-out accuracy caps φ(0) below 1, so it is stored with the weights, together with its
+held-out confusion matrix, from which `judge_correction` undoes the judge's pull of φ toward
+chance. Inputs are images in the data stage's coordinates (pixels in [0, 1] minus the
+per-pixel training mean), either flattened (N, C·side·side) as the stores hold them or as
+(N, C, side, side). Labels may be any integers: they are mapped to 0..K−1 for training and back
+on prediction (`Judge.classes`).
 """
 
 from __future__ import annotations
@@ -96,8 +98,13 @@ def train_judge(
     accuracy on (x_test, y_test).
 
     Initialisation and batches come from `seed` alone, so on the CPU a rerun gives the same
-    weights. Returns the judge in eval mode, the held-out accuracy and an info dict (steps,
-    final_loss = mean training loss of the last 10 % of steps, seconds, n_train, n_test, ...)."""
+    weights. Returns the judge in eval mode, the held-out accuracy and an info dict: steps,
+    final_loss (mean training loss of the last 10 % of steps), seconds, n_train, n_test,
+    batch_size, lr, seed, and for the correction of φ (SCIENCE.md §3, `judge_correction`)
+    confusion (held-out counts, rows the true class index 0..K−1 in the order of
+    `Judge.classes`, columns the predicted one), class_counts_test (its row sums) and
+    class_counts_train. The accuracy is the confusion matrix's trace over its total (NaN
+    without test images). Every test label must occur among the training labels."""
     device = torch.device(device)
     shape = (channels, side, side)
     x_train, x_test = _as_images(x_train, shape), _as_images(x_test, shape)
@@ -111,6 +118,12 @@ def train_judge(
     classes, target = torch.unique(y_train, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"the training labels hold one class only ({classes.tolist()})")
+    unseen = sorted(set(torch.unique(y_test).tolist()) - set(classes.tolist()))
+    if unseen:  # the judge could never predict them, and they have no row in the confusion
+        raise ValueError(
+            f"test labels {unseen} never occur in the training labels {classes.tolist()}: "
+            "the judge cannot learn them"
+        )
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         judge = Judge(channels, side, classes, widths)
@@ -141,7 +154,9 @@ def train_judge(
             log.info("judge step %d/%d: training loss %.4g", step + 1, steps, float(loss))
     judge.eval()
     seconds = time.perf_counter() - start
-    accuracy = float((judge_classes(judge, x_test) == y_test).double().mean())
+    confusion = confusion_matrix(classes, y_test, judge_classes(judge, x_test))
+    correct, total = sum(confusion[k][k] for k in range(len(classes))), len(y_test)
+    accuracy = correct / total if total else float("nan")
     info = {
         "steps": int(steps),
         "final_loss": float(sum(losses) / len(losses)) if losses else float("nan"),
@@ -151,16 +166,40 @@ def train_judge(
         "batch_size": int(batch_size),
         "lr": float(lr),
         "seed": int(seed),
+        "confusion": confusion,
+        "class_counts_test": [sum(row) for row in confusion],
+        "class_counts_train": torch.bincount(target.cpu(), minlength=len(classes)).tolist(),
     }
     if log is not None:
         log.info(
-            "judge: held-out accuracy %.4f on %d images (%d classes, %.1f s)",
+            "judge: held-out accuracy %.4f on %d images (%d classes, %.1f s); confusion "
+            "(rows true, columns predicted, classes %s): %s",
             accuracy,
             len(x_test),
             len(classes),
             seconds,
+            classes.tolist(),
+            confusion,
         )
     return judge, accuracy, info
+
+
+def confusion_matrix(classes, y_true, y_pred) -> list[list[int]]:
+    """Counts C[i][j] of images of true label classes[i] given label classes[j], as a K×K list
+    of lists of ints (plain containers: a judge file stays loadable with ``weights_only``).
+
+    Every label in y_true and y_pred must be one of `classes`."""
+    classes = torch.as_tensor(classes, dtype=torch.int64).flatten()
+    y_true = torch.as_tensor(y_true, dtype=torch.int64).flatten()
+    y_pred = torch.as_tensor(y_pred, dtype=torch.int64).flatten()
+    k = len(classes)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predicted ones")
+    if not (torch.isin(y_true, classes).all() and torch.isin(y_pred, classes).all()):
+        raise ValueError(f"labels outside the classes {classes.tolist()}")
+    true, pred = ((y[:, None] == classes[None, :]).int().argmax(1) for y in (y_true, y_pred))
+    flat = true * k + pred
+    return torch.bincount(flat, minlength=k * k).reshape(k, k).tolist()
 
 
 @torch.no_grad()
@@ -177,8 +216,9 @@ def judge_classes(judge: Judge, x, batch_size: int = 1024) -> torch.Tensor:
 
 
 def save_judge(path: str | os.PathLike, judge: Judge, accuracy: float, info: dict) -> None:
-    """Write the judge (weights, shape, classes), its accuracy and info atomically, as tensors
-    and plain numbers only, so `load_judge` can read it with ``weights_only=True``."""
+    """Write the judge (weights, shape, classes), its accuracy and info atomically, as tensors,
+    plain numbers and lists/dicts of them only, so `load_judge` can read it with
+    ``weights_only=True``."""
     config = {"channels": judge.shape[0], "side": judge.shape[1], "widths": list(judge.widths)}
     state = {k: v.detach().cpu() for k, v in judge.state_dict().items()}
     save_atomic(
@@ -188,6 +228,10 @@ def save_judge(path: str | os.PathLike, judge: Judge, accuracy: float, info: dic
 
 def load_judge(path: str | os.PathLike, device="cpu") -> tuple[Judge, float, dict]:
     """Read `save_judge`'s file: (judge in eval mode on `device`, accuracy, info).
+
+    Files written before the confusion matrix was stored load too: their info has no
+    "confusion" (nor "class_counts_test"), which `judge_correction.correctable` reports as a
+    judge that cannot be corrected.
 
     A file that is not a tensor file, or not a judge, is refused with an error naming it."""
     obj = load_checkpoint(path, device)

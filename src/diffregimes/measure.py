@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import metrics, theory
+from . import metrics, process, theory
 from .data import SYNTHETIC_KINDS, gaussian_spectrum, population_top_eigenvalue
+from .judge_correction import correctable, pair_agreement_map, speciation_threshold
 from .neighbours import nearest
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,20 @@ def _law(train: xr.Dataset) -> dict:
     return {k.removeprefix("law_"): v for k, v in train.attrs.items() if k.startswith("law_")}
 
 
+def top_eigenvalues(train: xr.Dataset, x: np.ndarray, eig: np.ndarray):
+    """(Λ for t_S, Λ over channel 0, Λ over all channels, which one t_S uses).
+
+    The authors' Table 1 takes Λ on channel 0 only for RGB data (pitfall 3); one channel or
+    synthetic data have a single Λ."""
+    lam_all = float(eig[0])
+    channels = int(train.attrs.get("channels", 0))
+    if channels == 0:  # synthetic data: raw coordinates, no channels
+        return lam_all, float("nan"), lam_all, "all coordinates"
+    lam0 = lam_all if channels == 1 else theory.top_eigenvalue(x[:, : x.shape[1] // channels])
+    used = "the single channel" if channels == 1 else "channel 0 only (the authors' Table 1)"
+    return lam0, lam0, lam_all, used
+
+
 def theory_store(
     train: xr.Dataset,
     times: np.ndarray,
@@ -36,16 +51,24 @@ def theory_store(
     budget_bytes: int,
     device="cpu",
     entropy_fraction: float = 0.1,
+    entropy_z: float = 2.0,
 ) -> xr.Dataset:
-    """Spectrum, Λ, t_S and the excess entropy (theory and Monte Carlo f^e) at `times`."""
+    """Spectrum, Λ, both t_S references, the excess entropy (theory and Monte Carlo f^e) at
+    `times` and the collapse times read off it."""
     x = train["x"].values.astype(np.float64)
     n, d = x.shape
     law = _law(train)
     alpha = math.log(n) / d
     eig = theory.covariance_spectrum(x)
-    lam = float(eig[0])
+    lam, lam0, lam_all, lam_used = top_eigenvalues(train, x, eig)
     known_law = law["kind"] in SYNTHETIC_KINDS
     lam_pop = population_top_eigenvalue(law, d) if known_law else float("nan")
+    k_s, t_s_ddpm = theory.speciation_step_ddpm(lam, process.alphas_bar("linear", 1000))
+    t_s_gmm = float("nan")
+    if law["kind"] == "gmm":
+        t_s_gmm = float(
+            theory.speciation_time_gmm(float((train["m"].values ** 2).sum()), law["sigma"])
+        )
 
     if not known_law:  # real data: the Gaussian-spectrum f(t) of the training covariance
         f_theory = theory.excess_entropy_spectrum(times, alpha, eig, d)
@@ -74,6 +97,9 @@ def theory_store(
     gen = torch.Generator(device=device).manual_seed(seed)
     a = torch.as_tensor(x, dtype=torch.float64, device=device)
     f_e, f_e_se = metrics.excess_entropy_empirical(a, times, entropy_samples, gen, budget_bytes)
+    t_c_e, t_c_e_se = metrics.collapse_time_entropy(
+        times, f_e, f_e_se, entropy_z, rng=np.random.default_rng(seed)
+    )
 
     ds = xr.Dataset(
         {
@@ -83,11 +109,20 @@ def theory_store(
             "f_theory": (("time",), f_theory),
             "f_spectrum": (("time",), f_spectrum),
             "Lambda": lam,
+            "Lambda_channel0": lam0,
+            "Lambda_all_channels": lam_all,
             "Lambda_population": lam_pop,
             "alpha": alpha,
             "t_S_theory": theory.speciation_time(lam),
+            "t_S_gmm": t_s_gmm,
+            "t_S_ddpm": t_s_ddpm,
+            "k_S_ddpm": k_s,
             "t_C_theory": t_c,
-            "t_C_entropy": metrics.collapse_time_entropy(times, f_e, alpha, entropy_fraction),
+            "t_C_entropy": t_c_e,
+            "t_C_entropy_se": t_c_e_se,
+            "t_C_entropy_level": metrics.collapse_time_entropy_level(
+                times, f_e, alpha, entropy_fraction
+            ),
         },
         coords={"time": times, "component": np.arange(len(eig))},
     )
@@ -95,24 +130,44 @@ def theory_store(
     ds["f_excess"].attrs["description"] = "Monte Carlo excess entropy f^e(t) of the training set"
     ds["f_theory"].attrs["description"] = "excess entropy f(t) of the law (clipped at 0)"
     ds["f_spectrum"].attrs["description"] = "Gaussian-spectrum f(t) from the training covariance"
+    convention = train.attrs.get("lambda_convention", train.attrs.get("preprocessing", ""))
     ds["Lambda"].attrs.update(
-        description="top eigenvalue of the covariance of the centred training data",
-        convention=train.attrs.get("lambda_convention", train.attrs.get("preprocessing", "")),
+        description=f"top eigenvalue of the covariance of the centred training data ({lam_used})",
+        channels_used=lam_used,
+        convention=convention,
         preprocessing=train.attrs.get("preprocessing", ""),
     )
+    ds["Lambda_channel0"].attrs["description"] = "Λ over the pixels of channel 0 only"
+    ds["Lambda_all_channels"].attrs["description"] = "Λ over every coordinate (all channels)"
+    if not train.attrs.get("channels"):
+        ds["Lambda_channel0"].attrs["not_applicable"] = "synthetic data have no channels"
     ds["Lambda_population"].attrs["description"] = "top eigenvalue of the law's covariance"
     if not known_law:
         ds["Lambda_population"].attrs["not_applicable"] = "real data: no known law"
-    ds["t_S_theory"].attrs["description"] = "½ log Λ"
+    ds["t_S_theory"].attrs["description"] = f"½ log Λ (the paper's), Λ over {lam_used}"
+    ds["t_S_gmm"].attrs["description"] = (
+        "exact 0.7752 crossing of the GMM's φ(t): ½ log(|m|² + 1 − σ²)"
+    )
+    if law["kind"] != "gmm":
+        ds["t_S_gmm"].attrs["not_applicable"] = "not a two-cluster GMM"
+    ds["k_S_ddpm"].attrs["description"] = (
+        "first step k of the linear 1000-step DDPM schedule with ᾱ_k < 1/Λ (the paper's Table 1)"
+    )
+    ds["t_S_ddpm"].attrs["description"] = "DDPM-quantised t_S = −½ log ᾱ_{k_S}"
     ds["t_C_theory"].attrs["description"] = t_c_how
     ds["t_C_entropy"].attrs["description"] = (
-        f"largest t where the measured f^e(t) falls to {entropy_fraction}·α "
-        "(finite-d crossover of the zero of f)"
+        f"largest t where the measured f^e(t) is within {entropy_z} SE of 0 (its zero)"
+    )
+    ds["t_C_entropy_se"].attrs["description"] = "bootstrap SE of t_C_entropy (Monte Carlo error)"
+    ds["t_C_entropy_level"].attrs["description"] = (
+        f"largest t where the measured f^e(t) falls to the level {entropy_fraction}·α "
+        "(a point of the finite-d crossover, above the zero)"
     )
     ds["alpha"].attrs["description"] = "ln(n)/d"
     ds.attrs.update(
         entropy_samples=int(entropy_samples),
         entropy_collapse_fraction=float(entropy_fraction),
+        entropy_zero_se=float(entropy_z),
         seed_job=int(seed),
     )
     return ds
@@ -142,6 +197,15 @@ def _no_classes_reason(train: xr.Dataset, judge_reason: str | None) -> str:
     return NO_JUDGE
 
 
+def _phi_limit(train: xr.Dataset) -> float:
+    """φ's large-t limit Σ_c p_c²: ½ for the GMM's law (balanced by construction), the
+    training labels' class proportions for real data (SCIENCE.md §3, pitfall 5)."""
+    if "m" in train:
+        return 0.5
+    counts = np.unique(train["label"].values, return_counts=True)[1]
+    return float(((counts / counts.sum()) ** 2).sum())
+
+
 def run_metrics(
     traj: xr.Dataset,
     train: xr.Dataset,
@@ -152,19 +216,23 @@ def run_metrics(
     judge=None,
     judge_accuracy: float = float("nan"),
     judge_reason: str | None = None,
+    judge_confusion=None,
 ) -> xr.Dataset:
     """Every per-run metric of DESIGN.md from a trajectory store and its training set.
 
-    For images, `judge` (judge.Judge) labels the clone end points; its held-out accuracy caps
-    φ(0) below 1 and is stored beside φ. Without classes, φ is NaN with `judge_reason`."""
+    The generated samples are the clean estimates x̂₀ (`x_hat`, `x_hat_clone`): d₁/d₂, f_mem,
+    φ_C and the classes of clone end points are taken on them (SCIENCE.md §5). For images,
+    `judge` (judge.Judge) labels the clone end points; φ is then corrected for its errors with
+    its held-out confusion matrix `judge_confusion` before t_S is read off (SCIENCE.md §3).
+    Without classes, φ is NaN with `judge_reason`."""
     rng = np.random.default_rng(seed)
     budget = int(cfg["memory_budget_mb"] * 2**20)
+    level = cfg.get("confidence_level", 0.95)
     a = torch.as_tensor(train["x"].values, dtype=torch.float32, device=device)
     times = traj["time"].values
     if not np.allclose(times, theory_ds["time"].values, rtol=1e-12, atol=0):
         raise ValueError("trajectory and theory stores have different time grids: rerun both")
     x = torch.as_tensor(traj["x"].values, device=device)  # (sample, time, feature)
-    t_min = float(times[-1])
 
     # Collapse: nearest training point a^μ e^{−t} at every saved time (float64 refinement).
     log.info("nearest neighbours of %d samples at %d times", x.shape[0], len(times))
@@ -180,54 +248,82 @@ def run_metrics(
         .numpy()
     )
     t_collapse = metrics.collapse_times(nn_index, times)
+    collapsed, collapsed_lo, collapsed_hi = metrics.collapse_fraction(t_collapse, times, level)
 
-    # Memorisation of the end points: d₁/d₂ against the training set itself.
-    dist, _ = nearest(x[:, -1], a, k=2, budget_bytes=budget)
+    # Memorisation of the generated samples x̂₀: d₁/d₂ against the training set itself.
+    x_hat = torch.as_tensor(traj["x_hat"].values, device=device)
+    dist, _ = nearest(x_hat, a, k=2, budget_bytes=budget)
     nn_ratio = metrics.memorisation_ratio(dist[:, 0].cpu(), dist[:, 1].cpu())
     f_mem, f_mem_lo, f_mem_hi = metrics.memorised_fraction(
-        nn_ratio, cfg["memorisation_threshold"], cfg["bootstrap"], rng
+        nn_ratio, cfg["memorisation_threshold"], level, cfg.get("interval", "wilson")
     )
 
-    # Clones: same class (φ) and same nearest training point (φ_C).
-    xc = torch.as_tensor(traj["x_clone"].values, device=device)  # (clone_time, pair, copy, f)
+    # Clones: same class (φ) and same nearest training point (φ_C), both on x̂₀.
+    xc = torch.as_tensor(traj["x_hat_clone"].values, device=device)  # (clone_time, pair, 2, f)
     ct, pairs = xc.shape[:2]
     flat = xc.reshape(-1, xc.shape[-1])
-    _, cidx = nearest(flat, a * math.exp(-t_min), k=1, budget_bytes=budget)
+    _, cidx = nearest(flat, a, k=1, budget_bytes=budget)
     cidx = cidx[:, 0].reshape(ct, pairs, 2).cpu().numpy()
     phi_train, phi_train_se = metrics.same_nearest_fraction(cidx[..., 0], cidx[..., 1])
     clone_times = traj["clone_time"].values
 
     labels = _classify(train, flat.cpu(), judge)
     law = _law(train)
-    # φ's large-t limit Σ_c p_c² over the training labels (½ for two balanced classes)
-    counts = np.unique(train["label"].values, return_counts=True)[1]
-    phi_limit = float(((counts / counts.sum()) ** 2).sum()) if labels is not None else np.nan
+    phi_limit = _phi_limit(train) if labels is not None else np.nan
+    nan_ct = np.full(ct, np.nan)
+    phi = phi_se = phi_raw = phi_raw_se = phi_theory = nan_ct
+    t_s = t_s_se = t_s_interp = no_cross = float("nan")
+    threshold = float("nan")
+    correction_reason = None
     if labels is not None:
         labels = labels.reshape(ct, pairs, 2).numpy()
-        phi, phi_se = metrics.same_class_fraction(labels[..., 0], labels[..., 1])
+        phi_raw, phi_raw_se = metrics.same_class_fraction(labels[..., 0], labels[..., 1])
         same = labels[..., 0] == labels[..., 1]
-        t_s, t_s_se = metrics.speciation_time_bootstrap(clone_times, same, cfg["bootstrap"], rng)
+        threshold = speciation_threshold(phi_limit)
+        correct = None  # GMM classes are exact
+        if judge is not None:
+            correction_reason = correctable(judge_confusion, cfg.get("judge_min_accuracy", 0.6))
+            if correction_reason is None:
+                A, B = pair_agreement_map(judge_confusion)
+                correct = lambda p, A=A, B=B: (p - B) / (A - B)  # noqa: E731
+                phi = correct(phi_raw)
+                phi_se = phi_raw_se / (A - B)
+        else:
+            phi, phi_se = phi_raw, phi_raw_se
+        if correction_reason is None:
+            t_s_interp = metrics.speciation_time_measured(clone_times, phi, threshold)
+            t_s, t_s_se, no_cross = metrics.speciation_time_bootstrap(
+                clone_times,
+                same,
+                cfg["bootstrap"],
+                rng,
+                threshold=threshold,
+                floor=phi_limit,
+                correct=correct,
+            )
         if "m" in train:
             mu_sq = float((train["m"].values ** 2).sum())
             phi_theory = theory.phi_gmm_time(clone_times, mu_sq, law["sigma"])
-        else:
-            phi_theory = np.full(ct, np.nan)
-    else:
-        phi = phi_se = phi_theory = np.full(ct, np.nan)
-        t_s = t_s_se = float("nan")
 
     ds = xr.Dataset(
         {
             "phi_class": (("clone_time",), phi),
             "phi_class_se": (("clone_time",), phi_se),
+            "phi_class_raw": (("clone_time",), phi_raw),
+            "phi_class_raw_se": (("clone_time",), phi_raw_se),
             "phi_theory": (("clone_time",), phi_theory),
             "phi_train": (("clone_time",), phi_train),
             "phi_train_se": (("clone_time",), phi_train_se),
-            "collapse_fraction": (("time",), metrics.collapse_fraction(t_collapse, times)),
+            "collapse_fraction": (("time",), collapsed),
+            "collapse_fraction_ci_low": (("time",), collapsed_lo),
+            "collapse_fraction_ci_high": (("time",), collapsed_hi),
             "t_collapse": (("sample",), t_collapse),
             "nn_ratio": (("sample",), nn_ratio),
             "t_S_measured": t_s,
             "t_S_measured_se": t_s_se,
+            "t_S_no_crossing_fraction": no_cross,
+            "t_S_interpolated": t_s_interp,
+            "phi_threshold": threshold,
             "t_C_measured": float(np.mean(t_collapse)),
             "t_C_measured_se": float(np.std(t_collapse, ddof=1) / np.sqrt(len(t_collapse))),
             "f_mem": f_mem,
@@ -242,25 +338,30 @@ def run_metrics(
             "sample": traj["sample"].values,
         },
     )
-    for name in (
-        "f_excess",
-        "f_excess_se",
-        "f_theory",
-        "f_spectrum",
-        "Lambda",
-        "Lambda_population",
-        "alpha",
-        "t_S_theory",
-        "t_C_theory",
-        "t_C_entropy",
-    ):
-        ds[name] = theory_ds[name]
+    for name in THEORY_VARIABLES:
+        if name in theory_ds:
+            ds[name] = theory_ds[name]
+    k_s = float(theory_ds["k_S_ddpm"]) if "k_S_ddpm" in theory_ds else float("nan")
+    ds["t_S_measured_k_over_k_S"] = ddpm_step_of_time(t_s) / k_s
     if labels is None:
         reason = _no_classes_reason(train, judge_reason)
-        for name in ("phi_class", "phi_class_se", "phi_theory", "t_S_measured", "t_S_measured_se"):
+        for name in (
+            "phi_class",
+            "phi_class_se",
+            "phi_class_raw",
+            "phi_class_raw_se",
+            "phi_theory",
+            "t_S_measured",
+            "t_S_measured_se",
+            "t_S_interpolated",
+            "t_S_no_crossing_fraction",
+        ):
             ds[name].attrs["not_applicable"] = reason
     elif "m" not in train:
         ds["phi_theory"].attrs["not_applicable"] = "no closed form of φ(t) for real data"
+    if correction_reason is not None:
+        for name in ("phi_class", "phi_class_se", "t_S_measured", "t_S_measured_se"):
+            ds[name].attrs["not_applicable"] = correction_reason
     if judge is None:
         ds["judge_accuracy"].attrs["not_applicable"] = (
             "no class judge (GMM classes are exact: sign(m·x))"
@@ -276,18 +377,60 @@ def run_metrics(
     return ds
 
 
+# Variables of the theory store that every metrics store carries.
+THEORY_VARIABLES = (
+    "f_excess",
+    "f_excess_se",
+    "f_theory",
+    "f_spectrum",
+    "Lambda",
+    "Lambda_channel0",
+    "Lambda_all_channels",
+    "Lambda_population",
+    "alpha",
+    "t_S_theory",
+    "t_S_gmm",
+    "t_S_ddpm",
+    "k_S_ddpm",
+    "t_C_theory",
+    "t_C_entropy",
+    "t_C_entropy_se",
+    "t_C_entropy_level",
+)
+
+
+def ddpm_step_of_time(t: float) -> float:
+    """The (fractional, 1-based) step k of the linear 1000-step DDPM schedule at OU time t,
+    interpolated linearly between steps: the paper's k axis (Table 1: k/k_S)."""
+    if not np.isfinite(t):
+        return float("nan")
+    tk = process.step_to_time(process.alphas_bar("linear", 1000))
+    return float(np.interp(t, tk, np.arange(1, tk.size + 1), left=np.nan, right=np.nan))
+
+
 def _describe(ds: xr.Dataset):
     text = {
-        "phi_class": "P(two clones branched at t end in the same class)",
-        "phi_class_se": "binomial standard error of phi_class",
+        "phi_class": "P(two clones branched at t end in the same class), corrected for the "
+        "class judge's errors where a judge labels them",
+        "phi_class_se": "standard error of phi_class (Wilson 1σ, scaled by the correction)",
+        "phi_class_raw": "φ as the classes (or the judge) label the clone end points, uncorrected",
+        "phi_class_raw_se": "Wilson 1σ standard error of phi_class_raw",
         "phi_theory": "GMM closed form of φ(t) (SCIENCE.md §3)",
         "phi_train": "P(two clones end at the same nearest training point), φ_C",
-        "collapse_fraction": "fraction of trajectories already collapsed at t",
+        "collapse_fraction": "fraction of trajectories already collapsed at t (Wilson CI)",
         "t_collapse": "t̂_C: largest saved t after which the nearest training point never changes",
-        "nn_ratio": "d₁/d₂ of the end point to the training set (unsquared)",
-        "t_S_measured": "largest t where φ crosses 0.7752, with bootstrap SE",
+        "nn_ratio": "d₁/d₂ of the generated sample x̂₀ to the training set (unsquared)",
+        "t_S_measured": "largest t where a monotone fit of φ(t) crosses phi_threshold; SE from "
+        "a bootstrap over parent trajectories, jointly across clone times",
+        "t_S_measured_se": "bootstrap SE of t_S_measured (parents resampled jointly)",
+        "t_S_no_crossing_fraction": "fraction of bootstrap replicates of φ(t) with no crossing",
+        "t_S_interpolated": "largest t where φ, linearly interpolated, crosses phi_threshold",
+        "phi_threshold": "φ* = Σp² + (1 − Σp²)(0.7752 − ½)/½: the crossing that defines t_S",
+        "t_S_measured_k_over_k_S": "measured t_S as a step of the linear 1000-step DDPM schedule, "
+        "over k_S (the paper's k/k_S)",
         "t_C_measured": "mean of t̂_C over trajectories",
-        "f_mem": "fraction of end points with d₁/d₂ < threshold (bootstrap CI)",
+        "t_C_measured_se": "standard error of the mean of t̂_C",
+        "f_mem": "fraction of generated samples x̂₀ with d₁/d₂ < threshold (Wilson CI)",
         "phi_limit": "large-t limit of φ: Σ_c p_c² over the training labels",
         "judge_accuracy": "held-out accuracy of the class judge that labels clone end points",
     }
@@ -302,6 +445,9 @@ TRAINING_AXIS = (
     "score_error_empirical",
     "score_error_population",
     "tau_mem",
+    "tau_mem_ci_low",
+    "tau_mem_ci_high",
+    "tau_mem_censored",
 )
 
 

@@ -9,12 +9,17 @@ import math
 
 import numpy as np
 import torch
+from scipy import stats
 
 from . import theory
 from .neighbours import log_partition
 
 __all__ = [
+    "binomial_interval",
+    "binomial_se",
     "collapse_fraction",
+    "collapse_time_entropy",
+    "collapse_time_entropy_level",
     "collapse_times",
     "excess_entropy_empirical",
     "memorisation_ratio",
@@ -22,6 +27,7 @@ __all__ = [
     "same_class_fraction",
     "same_nearest_fraction",
     "speciation_time_bootstrap",
+    "speciation_time_fit",
     "speciation_time_measured",
 ]
 
@@ -43,8 +49,35 @@ def _rng(rng):
 # --------------------------------------------------------------------------- speciation (§3)
 
 
+def binomial_interval(successes, trials, level=0.95, method="wilson"):
+    """Confidence interval of a binomial fraction: Wilson score (default) or Clopper–Pearson
+    (``method="exact"``), from scipy.stats.binomtest (SCIENCE.md §5: never of zero width at 0
+    or at 1, where the onset of memorisation is decided).
+
+    successes, trials : array_like of int (broadcast). Returns (low, high) float64 arrays; NaN
+    where trials is 0."""
+    k, n = np.broadcast_arrays(np.asarray(successes), np.asarray(trials))
+    lo, hi = np.full(k.shape, np.nan), np.full(k.shape, np.nan)
+    for i in np.ndindex(k.shape):
+        if n[i] > 0:
+            ci = stats.binomtest(int(k[i]), int(n[i])).proportion_ci(level, method=method)
+            lo[i], hi[i] = ci.low, ci.high
+    return lo, hi
+
+
+ONE_SIGMA = float(stats.norm.cdf(1.0) - stats.norm.cdf(-1.0))  # 0.6827
+
+
+def binomial_se(successes, trials):
+    """Standard error of a binomial fraction: half the width of its 1σ (68.27 %) Wilson
+    interval. Equals √(p(1 − p)/N) to O(1/N) away from the edges and stays > 0 at p = 0 or 1
+    (½/(N + 1) there), unlike the plug-in √(p̂(1 − p̂)/N)."""
+    lo, hi = binomial_interval(successes, trials, ONE_SIGMA)
+    return (hi - lo) / 2.0
+
+
 def same_class_fraction(labels_a, labels_b):
-    """φ(t) = P(same class) of clone pairs, with binomial SE (SCIENCE.md §3).
+    """φ(t) = P(same class) of clone pairs, with its SE (SCIENCE.md §3).
 
     Parameters
     ----------
@@ -54,15 +87,14 @@ def same_class_fraction(labels_a, labels_b):
     Returns
     -------
     phi, se : numpy.ndarray, shape (clone_time,)
-        φ = mean over pairs of [a == b]; se = √(φ(1 − φ)/pairs).
+        φ = mean over pairs of [a == b]; se = `binomial_se` (Wilson, > 0 at φ = 0 and 1).
     """
     a = np.atleast_2d(_np(labels_a))
     b = np.atleast_2d(_np(labels_b))
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch {a.shape} vs {b.shape}")
-    phi = (a == b).mean(axis=1, dtype=np.float64)
-    se = np.sqrt(phi * (1.0 - phi) / a.shape[1])
-    return phi, se
+    same = (a == b).sum(axis=1)
+    return same / a.shape[1], binomial_se(same, a.shape[1])
 
 
 def speciation_time_measured(clone_times, phi, threshold=theory.PHI_AT_SPECIATION):
@@ -89,37 +121,65 @@ def speciation_time_measured(clone_times, phi, threshold=theory.PHI_AT_SPECIATIO
 
 
 def speciation_time_bootstrap(
-    clone_times, same, n_boot=1000, rng=None, threshold=theory.PHI_AT_SPECIATION
+    clone_times,
+    same,
+    n_boot=1000,
+    rng=None,
+    threshold=theory.PHI_AT_SPECIATION,
+    floor=0.5,
+    correct=None,
+    estimator=None,
 ):
-    """t_S from cloning with a bootstrap SE (SCIENCE.md §3).
+    """t_S from cloning with a bootstrap SE over parent trajectories (SCIENCE.md §3).
 
-    Pairs are resampled with replacement independently at each clone time. For a boolean
-    outcome this is exactly a draw of the count of same-class pairs from Binomial(pairs, φ̂),
-    which is what we sample (no (n_boot × pairs) index array).
+    The clone pairs at every clone time branch from the same parent trajectories (pair j at
+    every clone time descends from trajectory j), so a replicate resamples parents jointly:
+    one index draw j₁..j_P, used at every clone time. Resampling each clone time on its own
+    would treat correlated φ̂(t_k) as independent and understate the SE.
 
     Parameters
     ----------
     clone_times : array_like, shape (clone_time,)
     same : array_like of bool, shape (clone_time, pair)
-        Whether the two clones of a pair ended in the same class.
+        Whether the two clones of pair j branched at t_k ended in the same class.
     n_boot : int
     rng : numpy.random.Generator or seed
+    threshold : float
+        φ* whose crossing defines t_S.
+    floor : float
+        φ's large-t limit Σ p_c².
+    correct : callable, optional
+        Maps the observed φ to the corrected one (the class judge's errors), applied to every
+        replicate before its crossing is read.
+    estimator : callable, optional
+        ``estimator(clone_times, phi, threshold, floor) -> t`` (default
+        `speciation_time_fit`).
 
     Returns
     -------
-    t_s, se : float
-        t_S of the full data and the standard deviation (ddof=1) of the finite bootstrap values
-        (NaN if fewer than two are finite).
+    t_s, se, no_crossing : float
+        t_S of the full data, the standard deviation (ddof=1) of the replicates that cross,
+        and the fraction of replicates without a crossing (se is NaN if fewer than two cross).
     """
+    est = speciation_time_fit if estimator is None else estimator
     s = np.atleast_2d(_np(same)).astype(bool)
+    fix = (lambda p: p) if correct is None else correct
+    t = _np(clone_times, np.float64).reshape(-1)
+    t_s = est(t, fix(s.mean(axis=1, dtype=np.float64)), threshold, floor)
+    gen = _rng(rng)
     pairs = s.shape[1]
-    phi = s.mean(axis=1, dtype=np.float64)
-    t_s = speciation_time_measured(clone_times, phi, threshold)
-    counts = _rng(rng).binomial(pairs, phi, size=(n_boot, phi.size))
-    boot = np.array([speciation_time_measured(clone_times, c / pairs, threshold) for c in counts])
-    boot = boot[np.isfinite(boot)]
-    se = float(boot.std(ddof=1)) if boot.size > 1 else float("nan")
-    return t_s, se
+    boot = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = gen.integers(0, pairs, pairs)
+        boot[b] = est(t, fix(s[:, idx].mean(axis=1, dtype=np.float64)), threshold, floor)
+    ok = np.isfinite(boot)
+    se = float(boot[ok].std(ddof=1)) if ok.sum() > 1 else float("nan")
+    return t_s, se, float(1.0 - ok.mean())
+
+
+def speciation_time_fit(clone_times, phi, threshold=theory.PHI_AT_SPECIATION, floor=0.5):
+    """Placeholder: the interpolated crossing (see `speciation_time_measured`)."""
+    return speciation_time_measured(clone_times, phi, threshold)
 
 
 # --------------------------------------------------------------------------- collapse (§4)
@@ -158,18 +218,21 @@ def collapse_times(nn_index, times):
     return t[first]
 
 
-def collapse_fraction(t_collapse, times):
-    """Collapse fraction(t) = fraction of trajectories with t̂_C ≥ t (SCIENCE.md §4 (b))."""
+def collapse_fraction(t_collapse, times, level=0.95):
+    """Collapse fraction(t) = fraction of trajectories with t̂_C ≥ t (SCIENCE.md §4 (b)), with
+    its Wilson interval at `level`: (fraction, low, high), each of shape (time,)."""
     tc = _np(t_collapse, np.float64).reshape(-1, 1)
     t = _np(times, np.float64).reshape(1, -1)
-    return (tc >= t).mean(axis=0, dtype=np.float64)
+    count = (tc >= t).sum(axis=0)
+    lo, hi = binomial_interval(count, tc.shape[0], level)
+    return count / tc.shape[0], lo, hi
 
 
 def same_nearest_fraction(idx_a, idx_b):
     """φ_C(t) = P(two clones end at the same nearest training point) with binomial SE (§4 (c)).
 
     idx_a, idx_b: (clone_time, pair) final nearest-neighbour indices of the two clones.
-    Returns (phi_c, se) with se = √(φ_C(1 − φ_C)/pairs).
+    Returns (phi_c, se) with se = `binomial_se` (Wilson, > 0 at 0 and 1).
     """
     return same_class_fraction(idx_a, idx_b)
 
@@ -243,14 +306,29 @@ def excess_entropy_empirical(
     return f, se
 
 
-def collapse_time_entropy(t, f_e, alpha, fraction=0.1):
-    """Collapse time read off the Monte Carlo f^e(t): the largest t where f^e falls to
-    `fraction`·α (SCIENCE.md §4).
+def collapse_time_entropy(t, f_e, f_e_se, z=2.0, n_boot=200, rng=None):
+    """Collapse time from the Monte Carlo f^e(t): its zero, read as the largest t at which f^e
+    is within `z` SE of 0 (SCIENCE.md §4, pitfall 7), linearly interpolated on f^e − z·SE.
 
-    The theory's t_C is the zero of f(t), a d → ∞ statement. At finite d, f^e ≥ 0 is a smooth
-    crossover with no zero (x's own training point keeps log P^e above the separated-Gaussian
-    value), so a level is needed; f^e(t_C)/α ≈ 0.14–0.16 was measured for the GMM at
-    d = 32–128, and the level 0.1 α lands within ≈ 5–9 % of the closed-form t_C there."""
+    At finite d f^e ≥ 0 has no exact zero (x's own training point keeps log P^e above the
+    separated-Gaussian value), so "zero" means "indistinguishable from 0 at this precision".
+    The SE comes from a parametric bootstrap of the per-time Monte Carlo errors (each time's
+    samples are independent): f^e(t) + SE(t)·N(0, 1). Returns (t_C, se); t_C is NaN without a
+    crossing and se is NaN when fewer than two replicates cross."""
+    t = _np(t, np.float64).reshape(-1)
+    f = _np(f_e, np.float64).reshape(-1)
+    se = _np(f_e_se, np.float64).reshape(-1)
+    t_c = theory.collapse_time_from_curve(t, f - z * se)
+    noise = _rng(rng).standard_normal((n_boot, f.size)) * se
+    boot = np.array([theory.collapse_time_from_curve(t, f + e - z * se) for e in noise])
+    boot = boot[np.isfinite(boot)]
+    return t_c, float(boot.std(ddof=1)) if boot.size > 1 else float("nan")
+
+
+def collapse_time_entropy_level(t, f_e, alpha, fraction=0.1):
+    """The largest t where f^e falls to `fraction`·α: a fixed level of the finite-d crossover,
+    not the zero of f (pitfall 7: 0.1 α sits a few % above the closed-form t_C); kept under a
+    name that says so (`t_C_entropy_level`)."""
     return theory.collapse_time_from_curve(t, _np(f_e, np.float64) - fraction * alpha)
 
 
@@ -262,11 +340,10 @@ def memorisation_ratio(d1, d2):
     return _np(d1, np.float64) / _np(d2, np.float64)
 
 
-def memorised_fraction(ratio, threshold=1.0 / 3.0, n_boot=1000, rng=None, level=0.95):
-    """f_mem = fraction of samples with d₁/d₂ < threshold (1/3), bootstrap percentile CI (§5).
-
-    Resampling the N samples with replacement draws the memorised count from
-    Binomial(N, f̂_mem); the CI is the (1 ± level)/2 percentiles of those bootstrap fractions.
+def memorised_fraction(ratio, threshold=1.0 / 3.0, level=0.95, method="wilson"):
+    """f_mem = fraction of samples with d₁/d₂ < threshold (1/3), with its binomial interval
+    (Wilson by default, Clopper–Pearson with ``method="exact"``; SCIENCE.md §5). NaN ratios
+    (no second neighbour) are dropped.
 
     Returns
     -------
@@ -276,7 +353,6 @@ def memorised_fraction(ratio, threshold=1.0 / 3.0, n_boot=1000, rng=None, level=
     r = r[~np.isnan(r)]
     if r.size == 0:
         return float("nan"), float("nan"), float("nan")
-    f_mem = float(np.mean(r < threshold))
-    boot = _rng(rng).binomial(r.size, f_mem, size=n_boot) / r.size
-    lo, hi = np.quantile(boot, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    return f_mem, float(lo), float(hi)
+    count = int(np.sum(r < threshold))
+    lo, hi = binomial_interval(count, r.size, level, method)
+    return count / r.size, float(lo), float(hi)

@@ -20,19 +20,22 @@ from .plots import run_table
 NO_FAVICON = '<link rel="icon" href="data:,">'
 RUN_REPORT = "reports/runs/{dataset}/d{d}/n{n}/s{seed}/{score}"  # relative to results/
 
+# (variable, header, its SE or (low, high) interval variables)
 COLUMNS = [
-    ("dataset", "dataset"),
-    ("d", "d"),
-    ("n", "n"),
-    ("seed", "seed"),
-    ("score", "score"),
-    ("Lambda", "Λ"),
-    ("t_S_theory", "t_S theory"),
-    ("t_S_measured", "t_S measured"),
-    ("t_C_theory", "t_C theory"),
-    ("t_C_measured", "t_C measured"),
-    ("f_mem", "f_mem"),
-    ("tau_mem", "τ_mem"),
+    ("dataset", "dataset", None),
+    ("d", "d", None),
+    ("n", "n", None),
+    ("seed", "seed", None),
+    ("score", "score", None),
+    ("Lambda", "Λ", None),
+    ("t_S_theory", "t_S ½ log Λ", None),
+    ("t_S_gmm", "t_S exact GMM", None),
+    ("t_S_measured", "t_S measured", "t_S_measured_se"),
+    ("t_C_theory", "t_C theory", None),
+    ("t_C_measured", "t_C measured", "t_C_measured_se"),
+    ("t_C_entropy", "t_C from f^e", "t_C_entropy_se"),
+    ("f_mem", "f_mem [95% CI]", ("f_mem_ci_low", "f_mem_ci_high")),
+    ("tau_mem", "τ_mem [95% CI]", ("tau_mem_ci_low", "tau_mem_ci_high")),
 ]
 
 _SCRIPT = """
@@ -64,11 +67,33 @@ input { margin: 0.5em 0; padding: 0.3em; width: 20em; }
 """
 
 
-def _cell(value) -> str:
+def _num(value) -> str:
+    return "–" if not np.isfinite(value) else f"{value:.3g}"
+
+
+def _cell(value, error=None) -> str:
+    """A table cell: the value to sort on, shown with its SE (± x) or interval ([lo, hi])."""
     if isinstance(value, float | np.floating):
-        text = "–" if not np.isfinite(value) else f"{value:.3g}"
+        text = _num(value)
+        if isinstance(error, tuple):
+            lo, hi = error
+            if np.isfinite(lo) or np.isfinite(hi):
+                if not np.isfinite(value) and np.isfinite(lo) and not np.isfinite(hi):
+                    text = f"&gt; {_num(lo)}"  # τ_mem beyond the last step: a lower bound
+                else:
+                    text += f" [{_num(lo)}, {_num(hi) if np.isfinite(hi) else '∞'}]"
+        elif error is not None and np.isfinite(value) and np.isfinite(error):
+            text += f" ± {error:.2g}"
         return f'<td data-v="{value}">{text}</td>'
     return f'<td data-v="{html.escape(str(value))}">{html.escape(str(value))}</td>'
+
+
+def _error(row, err):
+    if err is None:
+        return None
+    if isinstance(err, tuple):
+        return tuple(float(row.get(k, np.nan)) for k in err)
+    return float(row.get(err, np.nan))
 
 
 def run_report_stem(row) -> str:
@@ -81,14 +106,15 @@ def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathL
     one table row per run with its thumbnail and a link to its report."""
     out = Path(out)
     table = run_table(summary)
-    if "tau_mem" not in table:
-        table["tau_mem"] = np.nan
+    for key in ("tau_mem", "tau_mem_ci_low", "tau_mem_ci_high", "t_S_gmm", "t_C_entropy_se"):
+        if key not in table:
+            table[key] = np.nan
     links = "\n".join(
         f'<li><a href="{html.escape(os.path.relpath(path, out.parent))}">{html.escape(title)}'
         "</a></li>"
         for title, path in reports.items()
     )
-    head = "<th>report</th>" + "".join(f"<th>{html.escape(lab)}</th>" for _, lab in COLUMNS)
+    head = "<th>report</th>" + "".join(f"<th>{html.escape(lab)}</th>" for _, lab, _ in COLUMNS)
     rows = []
     for _, row in table.iterrows():
         stem = html.escape(run_report_stem(row))
@@ -96,7 +122,8 @@ def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathL
             f'<td data-v="{stem}"><a href="{stem}.html"><img src="{stem}.png" '
             f'alt="φ(t) of this run" width="160"></a></td>'
         )
-        rows.append("<tr>" + link + "".join(_cell(row[key]) for key, _ in COLUMNS) + "</tr>")
+        cells = "".join(_cell(row[key], _error(row, err)) for key, _, err in COLUMNS)
+        rows.append("<tr>" + link + cells + "</tr>")
     body = "\n".join(rows)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{NO_FAVICON}
@@ -105,9 +132,13 @@ def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathL
 <body>
 <h1>Dynamical regimes of diffusion models</h1>
 <p>{len(table)} runs over {table.dataset.nunique()} dataset(s). Times are OU times t.
-t_S: speciation (φ = 0.7752 crossing, theory ½ log Λ); t_C: collapse (mean t̂_C, theory from
-the excess entropy); f_mem: fraction of samples with d₁/d₂ &lt; 1/3; τ_mem: training step at
-which a learned score starts to memorise. Click a thumbnail for the run's report; click a
+Every measured time carries its standard error (± SE) or interval.
+t_S: speciation (a monotone fit of φ(t) crossing 0.7752, corrected for the class judge's errors
+on images; references: the paper's ½ log Λ and, for the GMM, the exact crossing
+½ log(|m|² + 1 − σ²)); t_C: collapse (mean t̂_C, theory from the excess entropy, and the zero
+of the Monte Carlo f^e); f_mem: fraction of generated samples x̂₀ with d₁/d₂ &lt; 1/3 (Wilson
+interval); τ_mem: training step at which a learned score starts to memorise (&gt; last step when
+it never does). Click a thumbnail for the run's report; click a
 header to sort.</p>
 <h2>Reports</h2>
 <ul>

@@ -23,3 +23,14 @@ def fingerprint(*parts) -> str:
 
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def array_digest(a) -> str:
+    """A hex digest of an array's content (dtype, shape and bytes): a training fingerprint
+    holds it, so a job never resumes a checkpoint trained on other data."""
+    import numpy as np
+
+    a = np.ascontiguousarray(np.asarray(a))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]

@@ -20,7 +20,9 @@ __all__ = [
     "n_for_collapse_below",
     "phi_gmm",
     "phi_gmm_time",
+    "speciation_step_ddpm",
     "speciation_time",
+    "speciation_time_gmm",
     "top_eigenvalue",
 ]
 
@@ -104,6 +106,24 @@ def phi_gmm_time(t, mu_norm_sq, sigma):
 def speciation_time(Lambda):
     """t_S = ½ log Λ, from Λ e^{−2t_S} = 1 (SCIENCE.md §3; paper Eq. for t_S)."""
     return 0.5 * np.log(np.asarray(Lambda, dtype=np.float64))
+
+
+def speciation_time_gmm(mu_norm_sq, sigma):
+    """Where the GMM's φ(t) crosses 0.7752 exactly: c_t²/Γ_t = 1 at
+    t* = ½ log(|m|² + 1 − σ²) (SCIENCE.md §3); ½ log Λ is its large-d approximation."""
+    return 0.5 * np.log(np.asarray(mu_norm_sq, dtype=np.float64) + 1.0 - sigma**2)
+
+
+def speciation_step_ddpm(Lambda, alpha_bar):
+    """DDPM-quantised speciation (the paper's Table 1): the first step k_S (1-based) with
+    ᾱ_k < 1/Λ, and its OU time t_S = −½ log ᾱ_{k_S}. `alpha_bar` holds ᾱ_k for k = 1..K.
+    Returns (k_S, t_S); (NaN, NaN) when no step of the schedule gets below 1/Λ."""
+    ab = np.asarray(alpha_bar, dtype=np.float64).reshape(-1)
+    below = np.flatnonzero(ab < 1.0 / float(Lambda))
+    if below.size == 0:
+        return float("nan"), float("nan")
+    k = int(below[0])
+    return float(k + 1), float(-0.5 * np.log(ab[k]))
 
 
 def _as_numpy64(x):

@@ -39,6 +39,15 @@ def checkpoint_steps(total: int, count: int, first: int = 10) -> list[int]:
     return sorted({*steps.tolist(), total})
 
 
+def ema_decay(ema: float, step: int) -> float:
+    """EMA decay at (0-based) step k with warm-up: min(ema, (1 + k)/(10 + k)) (SCIENCE.md §5).
+
+    A constant decay lags the raw weights by ~1/(1 − ema) steps from initialisation (with
+    ema = 0.9999 the average is still 90 % the initial network at step 1000); the warm-up
+    makes the average forget the initialisation at the rate of the early steps."""
+    return min(float(ema), (1.0 + step) / (10.0 + step))
+
+
 def _newest_checkpoint(folder: Path, fingerprint: str, device):
     """The newest checkpoint in `folder` written with the same settings, or None.
 
@@ -134,8 +143,8 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"], foreach=True)
         opt.step()
-        with torch.no_grad():  # EMA: θ_ema ← θ_ema + (1 − decay)(θ − θ_ema)
-            torch._foreach_lerp_(ema_params, params, 1 - cfg["ema"])
+        with torch.no_grad():  # EMA: θ_ema ← θ_ema + (1 − decay_k)(θ − θ_ema)
+            torch._foreach_lerp_(ema_params, params, 1 - ema_decay(cfg["ema"], step))
         step += 1
         # On the CPU the check is free; on a GPU it would sync every step, so it runs per log.
         if not use_cuda or step % cfg["log_every"] == 0 or step == total:

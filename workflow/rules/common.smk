@@ -182,6 +182,14 @@ def get_model_cfg(w):
     return canonical(config["models"][w.model])
 
 
+def get_cloning(w):
+    """The cloning settings of one score: `exact_pairs` pairs for the exact scores (cheap, so
+    many: the SE of t_S falls like 1/√pairs), `pairs` for a learned one."""
+    cfg = config["cloning"]
+    pairs = cfg["exact_pairs"] if w.score in EXACT_SCORES else cfg["pairs"]
+    return {"times": cfg["times"], "t_lo": cfg["t_lo"], "pairs": pairs}
+
+
 def budget_bytes():
     return int(config["metrics"]["memory_budget_mb"] * 2**20)
 

@@ -5,7 +5,14 @@ rule theory:
     input:
         train=TRAIN_STORE,
         code=code(
-            "theory", "measure", "metrics", "theory", "neighbours", "process", "data"
+            "theory",
+            "measure",
+            "metrics",
+            "theory",
+            "neighbours",
+            "process",
+            "data",
+            "judge_correction",
         ),
     output:
         directory(f"results/theory/{CELL}/theory.zarr"),
@@ -23,6 +30,7 @@ rule theory:
         time=section("time"),
         entropy_samples=config["metrics"]["entropy_samples"],
         entropy_collapse_fraction=config["metrics"]["entropy_collapse_fraction"],
+        entropy_zero_se=config["metrics"]["entropy_zero_se"],
         budget=budget_bytes(),
     script:
         "../../scripts/theory.py"
@@ -35,7 +43,16 @@ rule metrics:
         theory=THEORY_STORE,
         training=get_training_axis,
         judge=get_judge,
-        code=code("metrics", "measure", "metrics", "theory", "neighbours", "judge"),
+        code=code(
+            "metrics",
+            "measure",
+            "metrics",
+            "theory",
+            "neighbours",
+            "judge",
+            "judge_correction",
+            "process",
+        ),
     output:
         directory(f"results/metrics/{CELL}/{{score}}.zarr"),
     log:

@@ -31,7 +31,7 @@ rule sample:
     params:
         time=section("time"),
         sampler=section("sampler"),
-        cloning=section("cloning"),
+        cloning=get_cloning,
         budget=budget_bytes(),
     script:
         "../../scripts/sample.py"

@@ -40,6 +40,13 @@ rule training_axis:
             "neighbours",
             "metrics",
             "data",
+            "generate",
+            "train",
+            "process",
+            "store",
+            "seeds",
+            "device",
+            "theory",
         ),
     output:
         directory(f"results/training/{CELL}/{{model}}.zarr"),
@@ -58,7 +65,6 @@ rule training_axis:
         model=get_model_cfg,
         axis=section("training_axis"),
         time=section("time"),
-        sampler=section("sampler"),
         budget=budget_bytes(),
     script:
         "../../scripts/training_axis.py"
