@@ -471,3 +471,37 @@ def test_top_eigenvalue_of_a_known_covariance(tmp_path):
     assert (
         "Λ" in im.top_eigenvalue_convention() and "no std scaling" in im.top_eigenvalue_convention()
     )
+
+
+def test_lambda_on_channel_0_and_on_all_channels_of_rgb_data(tmp_path):
+    """RGB pixels 0.5 + s_c g_c v + τ ε per channel c (independent g_c, one unit 8×8 pattern
+    v): channel 0's covariance has Λ₀ = s₀² + τ², all channels together max_c s_c² + τ². The
+    authors' Table 1 takes channel 0 (pitfall 3): Λ and t_S = ½ log Λ use it, and both are
+    stored, named for what they are. Tolerance 6 % (four relative SEs √(2/N) at N = 8000)."""
+    from diffregimes import measure
+
+    rng = np.random.default_rng(15)
+    s, tau, total, n = np.array([0.06, 0.12, 0.09]), 0.01, 10000, 8000
+    v = rng.standard_normal(64)
+    v /= np.linalg.norm(v)
+    g = rng.standard_normal((total, 3, 1))
+    pixels = 0.5 + s[None, :, None] * g * v + tau * rng.standard_normal((total, 3, 64))
+    assert 0 < pixels.min() and pixels.max() < 1
+    path = tmp_path / "rgb.npz"
+    np.savez(path, x=pixels.reshape(total, 3, 8, 8).transpose(0, 2, 3, 1).astype(np.float32))
+    train, _ = im.make_image_data(
+        {"kind": "npz", "path": str(path), "test_size": 10}, "rgb", 8, n, 0
+    )
+    assert train.attrs["channels"] == 3 and train.sizes["feature"] == 192
+    th = measure.theory_store(train, np.array([0.5, 1.0]), 16, 0, 2**24)
+    assert float(th.Lambda_channel0) == pytest.approx(s[0] ** 2 + tau**2, rel=0.06)
+    assert float(th.Lambda_all_channels) == pytest.approx(s.max() ** 2 + tau**2, rel=0.06)
+    assert float(th.Lambda) == float(th.Lambda_channel0)
+    assert float(th.t_S_theory) == pytest.approx(0.5 * np.log(float(th.Lambda_channel0)))
+    assert "channel 0" in th.Lambda.attrs["channels_used"]
+    # one channel: a single Λ; synthetic data have no channel 0
+    grey, _ = im.make_image_data(
+        {"kind": "npz", "path": str(path), "test_size": 10, "grayscale": True}, "rgb", 8, 2000, 0
+    )
+    th1 = measure.theory_store(grey, np.array([0.5, 1.0]), 16, 0, 2**24)
+    assert float(th1.Lambda) == float(th1.Lambda_channel0) == float(th1.Lambda_all_channels)

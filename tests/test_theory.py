@@ -187,3 +187,43 @@ def test_n_for_collapse_below_inverts_collapse_time():
 def test_speciation_time():
     assert th.speciation_time(np.e**2) == pytest.approx(1.0)
     np.testing.assert_allclose(th.speciation_time([1.0, 100.0]), [0.0, np.log(10)])
+
+
+def test_speciation_time_gmm_is_the_exact_crossing():
+    """½ log(|m|² + 1 − σ²) is where φ_GMM = 0.7752, and ½ log Λ is above it (σ ≠ 1)."""
+    for mu_sq, sigma in ((8.0, 1.0), (16.0, 1.5), (64.0, 0.7)):
+        t_star = float(th.speciation_time_gmm(mu_sq, sigma))
+        assert float(th.phi_gmm_time(t_star, mu_sq, sigma)) == pytest.approx(
+            th.PHI_AT_SPECIATION, abs=1e-12
+        )
+    # SCIENCE.md §3: 0.06 lower than ½ log Λ at d = 8, σ = 1; 0.11 at d = 64, μ̃ = 0.5, σ = 1.5
+    assert th.speciation_time(9.0) - th.speciation_time_gmm(8.0, 1.0) == pytest.approx(
+        0.0589, abs=1e-3
+    )
+    lam = 1.5**2 + 64 * 0.25
+    assert th.speciation_time(lam) - th.speciation_time_gmm(16.0, 1.5) == pytest.approx(
+        0.1065, abs=1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    "lam, k_s, t_s",
+    # the paper's Table 1 (DDPM-quantised t_S, k_S; PAPER.md A): MNIST, CIFAR-10, ImageNet16,
+    # ImageNet32, LSUN64
+    [
+        (7.66, 446, 1.0182),
+        (16.72, 526, 1.4118),
+        (3.05, 329, 0.5584),
+        (12.11, 495, 1.2517),
+        (60.52, 635, 2.0518),
+    ],
+)
+def test_speciation_step_ddpm_reproduces_table_1(lam, k_s, t_s):
+    from diffregimes import process
+
+    k, t = th.speciation_step_ddpm(lam, process.alphas_bar("linear", 1000))
+    assert k == k_s and t == pytest.approx(t_s, abs=1e-4)
+    # the first step below 1/Λ: the previous one is not below
+    ab = process.alphas_bar("linear", 1000)
+    assert ab[k_s] < 1 / lam <= ab[k_s - 1]
+    assert np.isnan(th.speciation_step_ddpm(1e9, ab)[0])  # never below 1/Λ

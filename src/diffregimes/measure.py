@@ -400,12 +400,13 @@ THEORY_VARIABLES = (
 
 
 def ddpm_step_of_time(t: float) -> float:
-    """The (fractional, 1-based) step k of the linear 1000-step DDPM schedule at OU time t,
-    interpolated linearly between steps: the paper's k axis (Table 1: k/k_S)."""
+    """The (fractional) step k of the linear 1000-step DDPM schedule at OU time t, counted from
+    0 as in `theory.speciation_step_ddpm` and interpolated linearly between steps: the paper's
+    k axis (Table 1: k/k_S)."""
     if not np.isfinite(t):
         return float("nan")
     tk = process.step_to_time(process.alphas_bar("linear", 1000))
-    return float(np.interp(t, tk, np.arange(1, tk.size + 1), left=np.nan, right=np.nan))
+    return float(np.interp(t, tk, np.arange(tk.size), left=np.nan, right=np.nan))
 
 
 def _describe(ds: xr.Dataset):

@@ -13,6 +13,7 @@ from scipy import stats
 
 from . import theory
 from .neighbours import log_partition
+from .speciation import speciation_time_fit
 
 __all__ = [
     "binomial_interval",
@@ -28,6 +29,7 @@ __all__ = [
     "same_nearest_fraction",
     "speciation_time_bootstrap",
     "speciation_time_fit",
+    "speciation_time_interpolated",
     "speciation_time_measured",
 ]
 
@@ -134,8 +136,8 @@ def speciation_time_bootstrap(
 
     The clone pairs at every clone time branch from the same parent trajectories (pair j at
     every clone time descends from trajectory j), so a replicate resamples parents jointly:
-    one index draw j₁..j_P, used at every clone time. Resampling each clone time on its own
-    would treat correlated φ̂(t_k) as independent and understate the SE.
+    one draw of P parents with replacement (multinomial weights), used at every clone time.
+    Resampling each clone time on its own would treat correlated φ̂(t_k) as independent.
 
     Parameters
     ----------
@@ -149,11 +151,11 @@ def speciation_time_bootstrap(
     floor : float
         φ's large-t limit Σ p_c².
     correct : callable, optional
-        Maps the observed φ to the corrected one (the class judge's errors), applied to every
-        replicate before its crossing is read.
+        Maps observed φ (any shape) to the corrected one (the class judge's errors), applied
+        to the data and to every replicate before the crossing is read.
     estimator : callable, optional
-        ``estimator(clone_times, phi, threshold, floor) -> t`` (default
-        `speciation_time_fit`).
+        ``estimator(clone_times, phi (..., K), threshold, floor) -> t (...)``; default
+        `speciation.speciation_time_fit` (a fit over every clone time).
 
     Returns
     -------
@@ -162,24 +164,25 @@ def speciation_time_bootstrap(
         and the fraction of replicates without a crossing (se is NaN if fewer than two cross).
     """
     est = speciation_time_fit if estimator is None else estimator
-    s = np.atleast_2d(_np(same)).astype(bool)
     fix = (lambda p: p) if correct is None else correct
+    s = np.atleast_2d(_np(same)).astype(np.float64)
     t = _np(clone_times, np.float64).reshape(-1)
-    t_s = est(t, fix(s.mean(axis=1, dtype=np.float64)), threshold, floor)
-    gen = _rng(rng)
     pairs = s.shape[1]
-    boot = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = gen.integers(0, pairs, pairs)
-        boot[b] = est(t, fix(s[:, idx].mean(axis=1, dtype=np.float64)), threshold, floor)
+    t_s = float(est(t, fix(s.mean(axis=1)), threshold, floor))
+    weights = _rng(rng).multinomial(pairs, np.full(pairs, 1.0 / pairs), size=n_boot)
+    boot = np.asarray(est(t, fix(weights @ s.T / pairs), threshold, floor), dtype=np.float64)
     ok = np.isfinite(boot)
     se = float(boot[ok].std(ddof=1)) if ok.sum() > 1 else float("nan")
     return t_s, se, float(1.0 - ok.mean())
 
 
-def speciation_time_fit(clone_times, phi, threshold=theory.PHI_AT_SPECIATION, floor=0.5):
-    """Placeholder: the interpolated crossing (see `speciation_time_measured`)."""
-    return speciation_time_measured(clone_times, phi, threshold)
+def speciation_time_interpolated(clone_times, phi, threshold=theory.PHI_AT_SPECIATION, floor=0.5):
+    """`speciation_time_measured` for every row of phi (..., K): the interpolated crossing as
+    an `estimator` of `speciation_time_bootstrap` (floor unused)."""
+    p = _np(phi, np.float64)
+    rows = p.reshape(-1, p.shape[-1])
+    out = np.array([speciation_time_measured(clone_times, r, threshold) for r in rows])
+    return out.reshape(p.shape[:-1])
 
 
 # --------------------------------------------------------------------------- collapse (§4)

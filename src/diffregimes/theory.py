@@ -115,15 +115,16 @@ def speciation_time_gmm(mu_norm_sq, sigma):
 
 
 def speciation_step_ddpm(Lambda, alpha_bar):
-    """DDPM-quantised speciation (the paper's Table 1): the first step k_S (1-based) with
-    ᾱ_k < 1/Λ, and its OU time t_S = −½ log ᾱ_{k_S}. `alpha_bar` holds ᾱ_k for k = 1..K.
+    """DDPM-quantised speciation (the paper's Table 1): the first step k_S with ᾱ_k < 1/Λ and
+    its OU time t_S = −½ log ᾱ_{k_S}. Steps are counted as the authors' code counts them, from
+    0: `alpha_bar[k]` is ᾱ_k, k = 0..K−1 (so MNIST's Λ = 7.66 gives k_S = 446, t_S = 1.0182).
     Returns (k_S, t_S); (NaN, NaN) when no step of the schedule gets below 1/Λ."""
     ab = np.asarray(alpha_bar, dtype=np.float64).reshape(-1)
     below = np.flatnonzero(ab < 1.0 / float(Lambda))
     if below.size == 0:
         return float("nan"), float("nan")
     k = int(below[0])
-    return float(k + 1), float(-0.5 * np.log(ab[k]))
+    return float(k), float(-0.5 * np.log(ab[k]))
 
 
 def _as_numpy64(x):
