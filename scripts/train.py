@@ -10,6 +10,7 @@ from diffregimes.joblog import Timer, progress_bar, start_log
 from diffregimes.seeds import array_digest, fingerprint, job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
+MODEL_CODE = ("train", "nets", "process")
 w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "train")
 device = job_device(log, sm.threads, sm.resources.get("gpu"))
@@ -41,7 +42,8 @@ with Timer(log, f"training {w.model}, job seed {seed}"):
             data.attrs["n"],
             data.attrs["d"],
             array_digest(data["x"].values),
-            [Path(f).read_text() for f in sm.input.code],
+            # the code that decides the model (this script, train, nets, process), not the I/O
+            [Path(f).read_text() for f in sm.input.code if Path(f).stem in MODEL_CODE],
         ),
         device,
         progress=lambda step: bar.update(step - bar.n),

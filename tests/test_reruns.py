@@ -147,8 +147,38 @@ def test_metric_setting_reruns_metrics_and_reports_only(wf):
 def test_sampler_setting_reruns_sampling_onward(wf):
     jobs = wf.changed(lambda c: c["sampler"].update(name="heun"))
     report("sampler setting (sampler.name)", jobs)
-    # training_axis samples from each checkpoint with the configured sampler.
-    assert_reruns(jobs, {"sample": 3, "training_axis": 2, "metrics": 3, "summary": 1}, runs=3)
+    # the training axis samples every checkpoint by DDIM, whatever the run's sampler
+    assert_reruns(jobs, {"sample": 3, "metrics": 3, "summary": 1}, runs=3)
+
+
+def test_saved_times_retrain_nothing(wf):
+    jobs = wf.changed(lambda c: c["time"].update(saved=12))
+    report("saved times (time.saved)", jobs)
+    assert "train" not in jobs, jobs
+    assert_reruns(
+        jobs,
+        {"theory": 1, "training_axis": 2, "sample": 3, "metrics": 3, "summary": 1},
+        runs=3,
+    )
+
+
+def test_config_message_edit_plans_nothing_and_generate_edit_reruns_training_axis(wf):
+    """config.py is read by the Snakefile, not by any job; generate.py is imported by the
+    sample and training_axis scripts (their code inputs follow the imports)."""
+    for name, expected in (("config.py", {}), ("generate.py", None)):
+        module = wf.repo / "src" / "diffregimes" / name
+        original = module.read_text()
+        try:
+            module.write_text(original.replace('"""', '""" ', 1))  # a docstring reworded
+            jobs = wf.planned()
+        finally:
+            module.write_text(original)
+        report(f"{name} edited", jobs)
+        if expected is not None:
+            assert jobs == expected, jobs
+        else:
+            assert jobs.get("training_axis") == 2 and jobs.get("sample") == 3, jobs
+            assert "train" not in jobs and "data" not in jobs, jobs
 
 
 def test_sampler_module_edit_reruns_sampling_onward(wf):
@@ -204,3 +234,24 @@ def test_touching_a_rule_script_reruns_nothing(wf):
         os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     report("touched scripts/sample.py", jobs)
     assert jobs == {}
+
+
+def test_law_key_edit_retrains_from_scratch(wf):
+    """A law key (datasets.gmm.sigma) changes the training data: the train job reruns and must
+    not resume the checkpoints of the old data (their fingerprint holds the data's digest).
+    Runs last: it leaves the working directory on the changed config."""
+    import torch
+
+    cfg = copy.deepcopy(wf.config)
+    cfg["datasets"]["gmm"]["sigma"] = 0.9
+    path = wf.write_config(cfg, "sigma.yaml")
+    model = wf.workdir / "results/models/gmm/d4/n16/s0/mlp/final.pt"
+    before = torch.load(model, weights_only=True)["ema"]
+    planned = wf.planned(path)
+    report("law key (datasets.gmm.sigma)", planned)
+    assert planned.get("data") == 1 and planned.get("train") == 2, planned
+    wf.snakemake(config=path)
+    after = torch.load(model, weights_only=True)["ema"]
+    log = (wf.workdir / "results/logs/train/gmm/d4/n16/s0/mlp.log").read_text()
+    assert "training from scratch" in log and "resuming" not in log, log
+    assert any(not torch.equal(before[k], after[k]) for k in before)

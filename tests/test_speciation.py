@@ -54,7 +54,10 @@ def _simulate_same(mu_sq, sigma, parents, seeds, clone_times, T, dt, rng):
     knots = np.unique(np.r_[T, t_end, clone_times])[::-1]
     grid = np.concatenate(
         [knots[:1]]
-        + [np.linspace(a, b, int(np.ceil((a - b) / dt)) + 1)[1:] for a, b in zip(knots, knots[1:])]
+        + [
+            np.linspace(a, b, int(np.ceil((a - b) / dt)) + 1)[1:]
+            for a, b in zip(knots, knots[1:], strict=False)
+        ]
     )
     y = rng.standard_normal(seeds * parents)
     order = np.argsort(-clone_times)
@@ -68,17 +71,20 @@ def _simulate_same(mu_sq, sigma, parents, seeds, clone_times, T, dt, rng):
         gamma = -np.expm1(-2 * t) + sigma**2 * e * e
         a1, a2, a3 = 1 + h * (1 - 2 / gamma), 2 * h * m * e / gamma, m * e / gamma
 
-        def step(v):
-            return a1 * v + a2 * np.tanh(a3 * v) + np.sqrt(2 * h) * rng.standard_normal(v.shape)
-
+        coef = (a1, a2, a3, np.sqrt(2 * h))
         if active < len(order):
-            y = step(y)
+            y = _em_step(y, coef, rng)
         if active:
-            copies[:active] = step(copies[:active])
+            copies[:active] = _em_step(copies[:active], coef, rng)
     ends = np.empty_like(copies)
     ends[order] = copies
     same = np.sign(ends[:, 0]) == np.sign(ends[:, 1])
     return same.reshape(len(clone_times), seeds, parents).transpose(1, 0, 2)
+
+
+def _em_step(v, coef, rng):
+    a1, a2, a3, noise = coef
+    return a1 * v + a2 * np.tanh(a3 * v) + noise * rng.standard_normal(v.shape)
 
 
 def _per_time_bootstrap(t, same, n_boot, rng):
@@ -124,3 +130,17 @@ def test_joint_bootstrap_covers_the_exact_crossing_at_the_nominal_rate():
     assert new_r["mean_se"] == pytest.approx(new_r["spread"], rel=0.1), results
     assert old_r["coverage"] < new_r["coverage"], results
     assert new_r["spread"] < 0.85 * old_r["spread"], results  # every clone time informs it
+
+
+def test_curvature_prior_absorbs_a_shape_other_than_the_gmm():
+    """φ of another shape (logistic in t, floor Σp² = 0.25 as for four balanced classes): the
+    linear-η fit is biased by its wrong shape, the quadratic one with a curvature prior is not
+    (noise-free curve, 12 clone times, the prior's weight set by 512 pairs)."""
+    t = np.linspace(0.05, 6.0, 12)
+    floor, t0, width = 0.25, 2.3, 0.45
+    phi = floor + (1 - floor) / (1 + np.exp((t - t0) / width))
+    thr = floor + (1 - floor) * (PHI - 0.5) / 0.5
+    exact = t0 + width * np.log((1 - floor) / (thr - floor) - 1)
+    linear = speciation_time_fit(t, phi, thr, floor)
+    curved = speciation_time_fit(t, phi, thr, floor, pairs=512, curvature_sd=0.5)
+    assert abs(curved - exact) < 0.02 < abs(linear - exact), (curved, linear, exact)

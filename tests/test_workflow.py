@@ -162,3 +162,44 @@ def test_snakemake_report_collects_every_report(tiny_run):
     assert len(runs) == 14  # every run report, with the grid report and the index
     assert any(name.endswith("/summary.html") for name in names)
     assert any(name.endswith("/index.html") for name in names)
+
+
+def test_rule_code_inputs_follow_the_script_imports():
+    """Every rule lists as code inputs its own script and the package modules that script
+    imports, directly or not (config.import_closure, read from the source), and that closure
+    holds every module the script's imports actually load (checked in a fresh interpreter)."""
+    import re
+    import subprocess
+    import sys
+
+    from diffregimes.config import import_closure
+
+    pkg = ROOT / "src" / "diffregimes"
+    rules = {}
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for rule, body in re.findall(
+            r"^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text(), re.M | re.S
+        ):
+            script = re.search(r'script:\s*"\.\./\.\./scripts/(\w+)\.py"', body)
+            if script:
+                rules[rule] = (re.findall(r"code=code\(([^)]*)\)", body), script.group(1))
+    assert len(rules) == 11, sorted(rules)
+    for rule, (calls, script) in rules.items():
+        assert calls == [f'"{script}"'], (rule, calls)  # one derived list, the rule's own script
+        closure = set(import_closure(ROOT / "scripts" / f"{script}.py", pkg))
+        probe = (
+            "import ast, sys\n"
+            f"tree = ast.parse(open({str(ROOT / 'scripts' / (script + '.py'))!r}).read())\n"
+            "code = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]\n"
+            "exec(compile(ast.Module(code, []), 's', 'exec'))\n"
+            "print(' '.join(sorted(m.split('.')[1] for m in sys.modules "
+            "if m.startswith('diffregimes.'))))"
+        )
+        loaded = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert set(loaded) <= closure, (rule, set(loaded) - closure)
+    # a config error message is read by the Snakefile only: no job's code input
+    assert not any(
+        "config" in import_closure(ROOT / "scripts" / f"{s}.py", pkg) for _, s in rules.values()
+    )

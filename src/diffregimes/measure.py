@@ -8,6 +8,7 @@ both into the per-run metrics store whose variable names are the contract of DES
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -19,6 +20,7 @@ from . import metrics, process, theory
 from .data import SYNTHETIC_KINDS, gaussian_spectrum, population_top_eigenvalue
 from .judge_correction import correctable, pair_agreement_map, speciation_threshold
 from .neighbours import nearest
+from .speciation import speciation_time_fit
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +208,16 @@ def _phi_limit(train: xr.Dataset) -> float:
     return float(((counts / counts.sum()) ** 2).sum())
 
 
+def _speciation_estimator(train: xr.Dataset, pairs: int, cfg: dict):
+    """The fit of φ(t) for t_S: η linear in t for the GMM (its exact shape at σ = 1), and
+    quadratic with a curvature prior for data whose φ has an unknown shape (speciation)."""
+    if "m" in train:
+        return speciation_time_fit
+    return functools.partial(
+        speciation_time_fit, pairs=pairs, curvature_sd=cfg.get("t_S_curvature_sd", 0.5)
+    )
+
+
 def run_metrics(
     traj: xr.Dataset,
     train: xr.Dataset,
@@ -300,6 +312,7 @@ def run_metrics(
                 threshold=threshold,
                 floor=phi_limit,
                 correct=correct,
+                estimator=_speciation_estimator(train, pairs, cfg),
             )
         if "m" in train:
             mu_sq = float((train["m"].values ** 2).sum())
@@ -421,8 +434,9 @@ def _describe(ds: xr.Dataset):
         "collapse_fraction": "fraction of trajectories already collapsed at t (Wilson CI)",
         "t_collapse": "t̂_C: largest saved t after which the nearest training point never changes",
         "nn_ratio": "d₁/d₂ of the generated sample x̂₀ to the training set (unsquared)",
-        "t_S_measured": "largest t where a monotone fit of φ(t) crosses phi_threshold; SE from "
-        "a bootstrap over parent trajectories, jointly across clone times",
+        "t_S_measured": "largest t where a binomial fit of φ(t) over every clone time "
+        "(speciation.speciation_time_fit: η linear in t for the GMM, quadratic with a curvature "
+        "prior otherwise) crosses phi_threshold",
         "t_S_measured_se": "bootstrap SE of t_S_measured (parents resampled jointly)",
         "t_S_no_crossing_fraction": "fraction of bootstrap replicates of φ(t) with no crossing",
         "t_S_interpolated": "largest t where φ, linearly interpolated, crosses phi_threshold",

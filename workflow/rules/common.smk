@@ -69,16 +69,13 @@ def metrics_stores(wildcards=None):
     ]
 
 
-def code(script, *names):
-    """A rule's script and the library files it imports, as checksummed inputs: a content
-    change reruns the rule, a `touch` does not (the profiles drop the `code` rerun trigger,
-    which compares script mtimes)."""
-    return [f"{workflow.basedir}/scripts/{script}.py", *modules(*names)]
-
-
-def modules(*names):
-    """Library files a rule imports, so that editing one reruns the rule (and only it)."""
-    return [f"{PKG}/{name}.py" for name in names]
+def code(script):
+    """A rule's script and every library module it imports, directly or not, as checksummed
+    inputs (derived from the imports, so the list cannot drift): a content change reruns the
+    rule, a `touch` does not (the profiles drop the `code` rerun trigger, which compares
+    script mtimes)."""
+    path = f"{workflow.basedir}/scripts/{script}.py"
+    return [path, *(f"{PKG}/{name}.py" for name in config_checks.import_closure(path, PKG))]
 
 
 def get_dataset(w):
@@ -180,6 +177,12 @@ def get_training_axis(w):
 
 def get_model_cfg(w):
     return canonical(config["models"][w.model])
+
+
+def get_training_time():
+    """The time span training draws t from (T, t_min): the saved times or the grid's step
+    count do not change a model, so they do not retrain it."""
+    return {k: config["time"][k] for k in ("T", "t_min")}
 
 
 def get_cloning(w):

@@ -4,7 +4,7 @@
 
 rule data:
     input:
-        code=code("make_data", "data", "images", "config", "seeds", "store"),
+        code=code("make_data"),
     output:
         train=directory(f"results/data/{CELL}/train.zarr"),
         test=directory(f"results/data/{CELL}/test.zarr"),
@@ -25,7 +25,7 @@ rule data:
 
 rule judge:
     input:
-        code=code("judge", "judge", "images", "store", "seeds", "device"),
+        code=code("judge"),
     output:
         "results/judges/{dataset}/d{d}/judge.pt",
     log:

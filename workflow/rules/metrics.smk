@@ -4,16 +4,7 @@
 rule theory:
     input:
         train=TRAIN_STORE,
-        code=code(
-            "theory",
-            "measure",
-            "metrics",
-            "theory",
-            "neighbours",
-            "process",
-            "data",
-            "judge_correction",
-        ),
+        code=code("theory"),
     output:
         directory(f"results/theory/{CELL}/theory.zarr"),
     log:
@@ -43,16 +34,7 @@ rule metrics:
         theory=THEORY_STORE,
         training=get_training_axis,
         judge=get_judge,
-        code=code(
-            "metrics",
-            "measure",
-            "metrics",
-            "theory",
-            "neighbours",
-            "judge",
-            "judge_correction",
-            "process",
-        ),
+        code=code("metrics"),
     output:
         directory(f"results/metrics/{CELL}/{{score}}.zarr"),
     log:
@@ -74,7 +56,7 @@ rule metrics:
 rule summary:
     input:
         stores=metrics_stores(),
-        code=code("summary", "measure", "store"),
+        code=code("summary"),
     output:
         directory("results/summary.zarr"),
     log:

@@ -8,7 +8,7 @@ rule report_run:
         train=TRAIN_STORE,
         train_log=get_train_log,
         notebook=f"{workflow.basedir}/workflow/notebooks/run.ipynb",
-        code=code("report_run", "plots", "reports"),
+        code=code("report_run"),
     output:
         notebook=f"results/reports/runs/{CELL}/{{score}}.ipynb",
         html=report(
@@ -35,7 +35,7 @@ rule report_summary:
     input:
         summary="results/summary.zarr",
         notebook=f"{workflow.basedir}/workflow/notebooks/summary.ipynb",
-        code=code("report", "plots", "reports", "theory"),
+        code=code("report"),
     output:
         notebook="results/reports/summary.ipynb",
         html=report(
@@ -62,7 +62,7 @@ rule index:
         grid="results/reports/summary.html",
         runs=run_reports(),
         thumbnails=run_reports("png"),
-        code=code("index", "reports"),
+        code=code("index"),
     output:
         report("results/index.html", caption="../report/index.rst", category="Index"),
     log:

@@ -5,16 +5,7 @@ rule sample:
     input:
         train=TRAIN_STORE,
         model=get_score_inputs,
-        code=code(
-            "sample",
-            "generate",
-            "samplers",
-            "scores",
-            "neighbours",
-            "process",
-            "device",
-            "nets",
-        ),
+        code=code("sample"),
     output:
         directory(f"results/trajectories/{CELL}/{{score}}.zarr"),
     log:

@@ -4,7 +4,7 @@
 rule train:
     input:
         train=TRAIN_STORE,
-        code=code("train", "train", "nets", "process", "device", "store", "seeds"),
+        code=code("train"),
     output:
         model=f"results/models/{CELL}/{{model}}/final.pt",
         log_store=directory(f"results/models/{CELL}/{{model}}/train_log.zarr"),
@@ -21,7 +21,7 @@ rule train:
         runtime=240,
     params:
         model=get_model_cfg,
-        time=section("time"),
+        time=get_training_time(),
     script:
         "../../scripts/train.py"
 
@@ -31,23 +31,7 @@ rule training_axis:
         model=f"results/models/{CELL}/{{model}}/final.pt",
         train=TRAIN_STORE,
         test=f"results/data/{CELL}/test.zarr",
-        code=code(
-            "training_axis",
-            "training_axis",
-            "nets",
-            "samplers",
-            "scores",
-            "neighbours",
-            "metrics",
-            "data",
-            "generate",
-            "train",
-            "process",
-            "store",
-            "seeds",
-            "device",
-            "theory",
-        ),
+        code=code("training_axis"),
     output:
         directory(f"results/training/{CELL}/{{model}}.zarr"),
     log:
