@@ -7,13 +7,14 @@ regression of φ on t uses them all:
     φ(t) = floor + (1 − floor) h(η(t)),   η(t) = b₀ + b₁ (t − t_c) [+ b₂ (t − t_c)²],
 
 with h the two-cluster shape h(η) = E_z tanh(q + √q z), q = e^η (so floor + (1 − floor) h is
-the GMM's φ, SCIENCE.md §3, when η = log(c_t²/Γ_t); for σ = 1 that η is exactly linear in t at
-large |m|, and very nearly so otherwise). `floor` is φ's large-t limit Σ p_c². The fit
-maximises the Bernoulli likelihood of the pair outcomes by Fisher scoring; pairs at different
-clone times share parents, so this is a working likelihood and the SE comes from the bootstrap
-over parents. Data whose φ has another shape (real images) take the quadratic η with a
-N(0, curvature_sd²) prior on b₂, which absorbs a bent shape at a small cost in variance (`metrics.speciation_time_bootstrap`); tests/test_speciation.py checks its bias
-and the coverage of that SE on simulated GMM cloning.
+the GMM's φ, SCIENCE.md §3, when η = log(c_t²/Γ_t); for σ = 1 that η is exactly linear in t,
+and very nearly so otherwise). `floor` is φ's large-t limit Σ p_c². The fit maximises the
+Bernoulli likelihood of the pair outcomes by Fisher scoring; pairs at different clone times
+share parents, so this is a working likelihood and the SE comes from the bootstrap over parents
+(`metrics.speciation_time_bootstrap`). Data whose φ has another shape (real images) take the
+quadratic η with a N(0, curvature_sd²) prior on b₂, which absorbs a bent shape at a small cost
+in variance. tests/test_speciation.py checks the bias and the coverage of the SE on simulated
+GMM cloning.
 """
 
 from __future__ import annotations

@@ -75,7 +75,10 @@ def code(script):
     rule, a `touch` does not (the profiles drop the `code` rerun trigger, which compares
     script mtimes)."""
     path = f"{workflow.basedir}/scripts/{script}.py"
-    return [path, *(f"{PKG}/{name}.py" for name in config_checks.import_closure(path, PKG))]
+    return [
+        path,
+        *(f"{PKG}/{name}.py" for name in config_checks.import_closure(path, PKG)),
+    ]
 
 
 def get_dataset(w):
