@@ -251,3 +251,20 @@ def test_every_sampler_runs_a_learned_score(sampler):
     )
     assert abs(float(x.mean())) < 5 / math.sqrt(x.numel())
     assert abs(float(x.var()) - 1) < 0.06
+
+
+def test_score_errors_draw_the_noise_on_the_inputs_device(monkeypatch):
+    """The held-out points' noise comes from the generator on their own device (a CUDA
+    generator with CPU noise, or the reverse, fails): torch.randn gets the inputs' device."""
+    seen = []
+    real = torch.randn
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", spy)
+    x = torch.zeros(4, 2)
+    zero = lambda y, t: torch.zeros_like(y)  # noqa: E731
+    score_errors(zero, [zero, zero], x, [0.1, 0.5], torch.Generator().manual_seed(0))
+    assert seen == [x.device, x.device]
