@@ -47,6 +47,11 @@ def run_table(summary: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(cols).sort_values(keys).reset_index(drop=True)
 
 
+def _points(ax, x, y, se, label, fmt="o", **kw):
+    """Measured points with ±1 SE bars."""
+    ax.errorbar(x, y, yerr=se, fmt=fmt, ms=3, capsize=2, label=label, **kw)
+
+
 def _no_runs(ax) -> None:
     """Mark an empty figure (e.g. a grid without that score) instead of failing the report."""
     ax.text(0.5, 0.5, "no runs for this figure", ha="center", va="center")
@@ -77,15 +82,7 @@ def speciation_curves(summary: xr.Dataset, score: str = "population"):
         for r in range(runs.sizes["run"]):
             run = runs.isel(run=r)
             label = f"{run.dataset.item()} n={int(run.n)}"
-            ax.errorbar(
-                run.clone_time,
-                run.phi_class,
-                yerr=run.phi_class_se,
-                fmt="o",
-                ms=3,
-                capsize=2,
-                label=label,
-            )
+            _points(ax, run.clone_time, run.phi_class, run.phi_class_se, label)
             ax.axvline(float(run.t_S_theory), color="grey", ls=":", lw=1)
         if np.isfinite(runs.phi_theory).any():
             best = runs.isel(run=0)
@@ -335,26 +332,10 @@ def run_speciation(m: xr.Dataset):
     raw = m.phi_class_raw if "phi_class_raw" in m else m.phi_class
     if np.isfinite(raw).any():
         if judged:
-            ax.errorbar(
-                m.clone_time,
-                raw,
-                yerr=m.phi_class_raw_se,
-                fmt="x",
-                ms=3,
-                capsize=2,
-                color="C7",
-                label="φ as judged (raw)",
-            )
+            _points(ax, m.clone_time, raw, m.phi_class_raw_se, "φ as judged (raw)", "x", color="C7")
         if np.isfinite(m.phi_class).any():
-            ax.errorbar(
-                m.clone_time,
-                m.phi_class,
-                yerr=m.phi_class_se,
-                fmt="o",
-                ms=3,
-                capsize=2,
-                label="φ corrected for the judge" if judged else "measured φ",
-            )
+            label = "φ corrected for the judge" if judged else "measured φ"
+            _points(ax, m.clone_time, m.phi_class, m.phi_class_se, label)
         if np.isfinite(m.phi_theory).any():
             ax.plot(m.clone_time, m.phi_theory, "k-", lw=1, label="GMM closed form")
         level = float(m.phi_threshold) if "phi_threshold" in m else 0.7752
