@@ -46,12 +46,6 @@ def _affinity(x, c, c_half_sq):
     return x @ c.T - c_half_sq
 
 
-def _logits(xb, c, half_sq, scale, inv):
-    """(x·(s c) − ½ s²‖c‖²)/Δ in one fused addmm: the centres are scaled by s = `scale`
-    (e^{−t} for the noised training set) without ever materialising s·c."""
-    return torch.addmm(half_sq * (-(scale**2) * inv), xb, c.T, beta=1.0, alpha=scale * inv)
-
-
 def _block_sizes(batch: int, n: int, budget_bytes: int, itemsize: int, per_entry: int):
     """`chunk_sizes`, with the centre chunk also capped so that one logits block holds at most
     `BLOCK_ENTRIES` entries (8 MB in float32): the block is then reused from the allocator and

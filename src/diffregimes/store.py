@@ -160,11 +160,6 @@ def _check_chunks(path: Path) -> None:
             )
 
 
-def settings(ds: xr.Dataset, key: str = "settings") -> dict:
-    """The JSON settings a stage stored in its attrs."""
-    return json.loads(ds.attrs.get(key, "{}"))
-
-
 def load_checkpoint(path: str | os.PathLike, device="cpu") -> dict:
     """torch.load with ``weights_only=True``; a file that is not a tensor file is refused."""
     import torch  # here, not at the top: most jobs that read stores never load a checkpoint
