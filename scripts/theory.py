@@ -23,6 +23,7 @@ with Timer(log, f"theory and f^e, job seed {seed}"):
         p.budget,
         entropy_fraction=p.entropy_collapse_fraction,
         entropy_z=p.entropy_zero_se,
+        n_boot=p.bootstrap,
     )
 ds.attrs.update(dataset=w.dataset, d=int(w.d), n=int(w.n), seed=int(w.seed))
 log.info(

@@ -340,3 +340,31 @@ def test_nan_replay_honours_noisy_last(noisy_last):
     for _ in range(3 if noisy_last else 2):
         torch.randn(x.shape, generator=ref, dtype=F64)
     assert torch.equal(g.get_state(), ref.get_state())
+
+
+def test_sample_trajectories_with_more_clone_pairs_than_samples():
+    """Clone parents are the first `pairs` trajectories of a main run of max(samples, pairs);
+    the store keeps `samples` of them in full, and x̂₀ of every end state."""
+    import numpy as np
+
+    from diffregimes import generate
+
+    d = 3
+    score = GMMScore(torch.full((d,), 1.5), 0.7)
+    time_cfg = {"T": 3.0, "t_min": 1e-3, "steps": 20, "spacing": "log_snr", "saved": 5}
+    ds = generate.sample_trajectories(
+        score,
+        d,
+        time_cfg,
+        {"name": "euler_maruyama", "samples": 6},
+        {"times": 3, "pairs": 10, "t_lo": 0.1},
+        seed=0,
+    )
+    assert ds.sizes["sample"] == 6 and ds.sizes["pair"] == 10
+    assert ds["x"].shape == (6, 5, d) and ds["x_hat"].shape == (6, d)
+    assert ds["x_hat_clone"].shape == ds["x_clone"].shape == (3, 10, 2, d)
+    # x̂₀ is Tweedie's estimate of the stored end state
+    t_min = float(ds.time[-1])
+    end = torch.as_tensor(ds["x"].values[:, -1])
+    expected = denoised(score, end, t_min)
+    np.testing.assert_allclose(ds["x_hat"].values, expected.numpy(), rtol=1e-5, atol=1e-6)

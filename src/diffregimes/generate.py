@@ -126,7 +126,7 @@ def sample_trajectories(
             "x_hat_clone": (("clone_time", "pair", "copy", "feature"), x_hat_clone.numpy()),
         },
         coords={
-            "sample": np.arange(len(x_T)),
+            "sample": np.arange(samples),
             "time": grid[keep],
             "feature": np.arange(d),
             "clone_time": grid[idx],

@@ -22,6 +22,7 @@ rule theory:
         entropy_samples=config["metrics"]["entropy_samples"],
         entropy_collapse_fraction=config["metrics"]["entropy_collapse_fraction"],
         entropy_zero_se=config["metrics"]["entropy_zero_se"],
+        bootstrap=config["metrics"]["bootstrap"],
         budget=budget_bytes(),
     script:
         "../../scripts/theory.py"
