@@ -227,3 +227,4 @@ def test_speciation_step_ddpm_reproduces_table_1(lam, k_s, t_s):
     ab = process.alphas_bar("linear", 1000)
     assert ab[k_s] < 1 / lam <= ab[k_s - 1]
     assert np.isnan(th.speciation_step_ddpm(1e9, ab)[0])  # never below 1/Λ
+    assert np.isnan(th.speciation_step_ddpm(0.78, ab)[0])  # Λ < 1 (the 8×8 digits): t_S < 0

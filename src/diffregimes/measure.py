@@ -356,7 +356,7 @@ def run_metrics(
         if name in theory_ds:
             ds[name] = theory_ds[name]
     k_s = float(theory_ds["k_S_ddpm"]) if "k_S_ddpm" in theory_ds else float("nan")
-    ds["t_S_measured_k_over_k_S"] = ddpm_step_of_time(t_s) / k_s
+    ds["t_S_measured_k_over_k_S"] = ddpm_step_of_time(t_s) / k_s if k_s > 0 else float("nan")
     if labels is None:
         reason = _no_classes_reason(train, judge_reason)
         for name in (

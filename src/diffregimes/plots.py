@@ -207,6 +207,9 @@ def collapse_vs_alpha(summary: xr.Dataset):
     sns.scatterplot(
         table, x="alpha", y="t_C_measured", hue="d", style="dataset", ax=ax, palette="viridis"
     )
+    ax.errorbar(
+        table.alpha, table.t_C_measured, yerr=table.t_C_measured_se, fmt="none", ecolor="k", lw=0.6
+    )
     sns.scatterplot(
         table,
         x="alpha",
@@ -260,6 +263,9 @@ def memorisation_by_step(summary: xr.Dataset):
             )
             if np.isfinite(run.tau_mem):
                 ax.axvline(float(run.tau_mem), color=color, ls=":", lw=1)
+                lo, hi = float(run.tau_mem_ci_low), float(run.tau_mem_ci_high)
+                if np.isfinite(lo) and np.isfinite(hi):  # τ_mem's interval
+                    ax.axvspan(lo, hi, color=color, alpha=0.12, lw=0)
         ax.set(xscale="log", title=f"d = {d}", xlabel="training step", ylabel="f_mem")
     _legend(axes[0][0], fontsize=7)
     fig.suptitle("Memorisation along training; dotted: τ_mem")
@@ -514,7 +520,13 @@ def run_training(m: xr.Dataset, log: xr.Dataset):
         m.step[ok], m.f_mem_by_step_ci_low[ok], m.f_mem_by_step_ci_high[ok], alpha=0.3, color="C3"
     )
     axes[1].plot(m.step[ok], m.f_mem_by_step[ok], "o-", color="C3", ms=3)
-    _vline(axes[1], float(m.tau_mem), "τ_mem", color="k", ls=":")
+    tau = float(m.tau_mem)
+    if "tau_mem_ci_low" in m and np.isfinite(tau):
+        lo, hi = float(m.tau_mem_ci_low), float(m.tau_mem_ci_high)
+        axes[1].axvspan(lo, hi if np.isfinite(hi) else float(m.step.max()), color="k", alpha=0.1)
+    _vline(axes[1], tau, f"τ_mem {tau:.3g}" if np.isfinite(tau) else "τ_mem", color="k", ls=":")
+    if bool(m.get("tau_mem_censored", False)):
+        axes[1].set_title(f"f_mem never reached its level: τ_mem > {int(m.step.max())}", fontsize=8)
     axes[1].set(xscale="log", xlabel="step", ylabel="f_mem", title="Memorisation along training")
     _legend(axes[1], fontsize=7)
     fig.tight_layout()
@@ -553,8 +565,18 @@ def phase_diagram(summary: xr.Dataset, score: str = "empirical"):
     for colour, d in zip(palette, ds_d, strict=True):
         rows = table[table.d == d]
         ax.axhline(rows.t_S_theory.mean(), color=colour, ls=":", lw=1)
-        ax.plot(rows.alpha, rows.t_S_measured, "^", color=colour, label=f"t_S, d={d}")
-        ax.plot(rows.alpha, rows.t_C_measured, "o", color=colour, label=f"t_C, d={d}")
+        _points(
+            ax,
+            rows.alpha,
+            rows.t_S_measured,
+            rows.t_S_measured_se,
+            f"t_S, d={d}",
+            "^",
+            color=colour,
+        )
+        _points(
+            ax, rows.alpha, rows.t_C_measured, rows.t_C_measured_se, f"t_C, d={d}", color=colour
+        )
     for sigma in gmm_sigmas(summary):
         t_c = theory.collapse_time_gmm(np.exp(alphas), 1, sigma)  # depends on α = ln n/d only
         ax.plot(alphas, t_c, "k-", lw=1, label=f"t_C theory (GMM σ={sigma:g}, d→∞)")

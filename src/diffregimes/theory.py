@@ -118,8 +118,10 @@ def speciation_step_ddpm(Lambda, alpha_bar):
     """DDPM-quantised speciation (the paper's Table 1): the first step k_S with ᾱ_k < 1/Λ and
     its OU time t_S = −½ log ᾱ_{k_S}. Steps are counted as the authors' code counts them, from
     0: `alpha_bar[k]` is ᾱ_k, k = 0..K−1 (so MNIST's Λ = 7.66 gives k_S = 446, t_S = 1.0182).
-    Returns (k_S, t_S); (NaN, NaN) when no step of the schedule gets below 1/Λ."""
+    Returns (k_S, t_S); (NaN, NaN) when Λ ≤ 1 (t_S ≤ 0) or no step gets below 1/Λ."""
     ab = np.asarray(alpha_bar, dtype=np.float64).reshape(-1)
+    if not float(Lambda) > 1.0:  # t_S = ½ log Λ ≤ 0: no step of the schedule is before it
+        return float("nan"), float("nan")
     below = np.flatnonzero(ab < 1.0 / float(Lambda))
     if below.size == 0:
         return float("nan"), float("nan")
