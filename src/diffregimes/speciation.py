@@ -153,8 +153,9 @@ def _last_falling_root(beta, eta_star, lo, hi):
             ],
             axis=1,
         )
-    real = (c1**2 - 4 * c2 * c0 >= 0)[:, None]
-    falling = c1[:, None] + 2 * c2[:, None] * roots < 0
-    ok = real & falling & (roots >= lo) & (roots <= hi)
+    with np.errstate(invalid="ignore"):  # NaN roots of a failed fit compare False
+        real = (c1**2 - 4 * c2 * c0 >= 0)[:, None]
+        falling = c1[:, None] + 2 * c2[:, None] * roots < 0
+        ok = real & falling & (roots >= lo) & (roots <= hi)
     best = np.where(ok, roots, -np.inf).max(axis=1)
     return np.where(np.isfinite(best), best, np.nan)
