@@ -115,3 +115,23 @@ def test_image_dimensions_follow_the_sizes():
     assert config_checks.dimensions({"kind": "digits", "sizes": [4, 8, 12]}) == [16, 64, 144]
     assert config_checks.side_of({"kind": "digits", "sizes": [4, 8]}, 64) == 8
     assert config_checks.dimensions({"kind": "gmm", "d": [3, 5]}) == [3, 5]
+
+
+def test_validation_fills_each_kind_with_its_own_defaults_only():
+    """The schema's defaults are per kind (if/then on `kind` and `arch`): after validation the
+    default config's digits entry holds no GMM key and its MLP no U-Net key, while the GMM and
+    the U-Net get theirs."""
+    from pathlib import Path
+
+    from snakemake.utils import validate
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    validate(cfg, str(root / "workflow" / "schemas" / "config.schema.yaml"))
+    law = {"mu", "sigma", "direction", "lambda_max", "decay"}
+    assert not law & set(cfg["datasets"]["digits"]), cfg["datasets"]["digits"]
+    assert {"mu", "sigma", "direction"} <= set(cfg["datasets"]["gmm"])
+    assert not {"lambda_max", "decay"} & set(cfg["datasets"]["gmm"])
+    assert "widths" not in cfg["models"]["mlp"] and {"width", "depth"} <= set(cfg["models"]["mlp"])
+    assert "width" not in cfg["models"]["unet"] and cfg["models"]["unet"]["widths"] == [32, 64]
+    assert cfg["datasets"]["gmm"]["test_size"] == 1024  # defaults of every kind still apply

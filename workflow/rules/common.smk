@@ -85,23 +85,10 @@ def get_dataset(w):
     return config["datasets"][w.dataset]
 
 
-# The keys that define each kind's data; the grid lists (d, n, sizes, scores) are not among
-# them, so adding an n or a score does not rerun the cells that exist already.
-IMAGE_KEYS = (
-    "kind",
-    "path",
-    "classes",
-    "balanced",
-    "upscale",
-    "grayscale",
-    "channels",
-    "test_size",
-)
-LAW_KEYS = {
-    "gmm": ("kind", "mu", "sigma", "direction", "test_size"),
-    "gaussian": ("kind", "lambda_max", "decay", "test_size"),
-    **{kind: IMAGE_KEYS for kind in config_checks.IMAGE_KINDS},
-}
+# The keys of a dataset entry that make its grid, not its data: adding an n or a score does
+# not rerun the cells that exist already. Every other key (the schema fills only the entry's
+# own kind's defaults) defines the data.
+GRID_KEYS = ("d", "n", "sizes", "scores", "skip_if_missing")
 
 
 def canonical(value):
@@ -112,9 +99,9 @@ def canonical(value):
 
 
 def get_dataset_spec(w):
-    """The dataset's law and settings (only the keys its kind uses)."""
+    """The dataset's law and settings: every key of its entry but the grid lists."""
     spec = get_dataset(w)
-    return canonical({k: spec[k] for k in LAW_KEYS[spec["kind"]] if k in spec})
+    return canonical({k: v for k, v in spec.items() if k not in GRID_KEYS})
 
 
 def get_side(w):
