@@ -2,7 +2,7 @@
 
 import torch
 
-from diffregimes import judge, measure, store
+from diffregimes import judge, run_metrics, store
 from diffregimes.joblog import Timer, start_log
 from diffregimes.seeds import job_seed
 
@@ -29,9 +29,9 @@ if sm.input.get("judge"):  # images: the class judge labels the clone end points
         }
         log.info("class judge: held-out accuracy %.4f", accuracy)
 with Timer(log, f"metrics, job seed {seed}"):
-    ds = measure.run_metrics(traj, train, theory, sm.params.metrics, seed, **judged)
+    ds = run_metrics.run_metrics(traj, train, theory, sm.params.metrics, seed, **judged)
 if sm.input.get("training"):  # a learned score: add its training-time axis
-    ds = measure.add_training_axis(ds, store.open_store(sm.input.training[0]))
+    ds = run_metrics.add_training_axis(ds, store.open_store(sm.input.training[0]))
 log.info(
     "t_S measured %.4g (theory %.4g), t_C measured %.4g (theory %.4g), f_mem %.3f",
     ds.t_S_measured,

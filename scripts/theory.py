@@ -2,7 +2,7 @@
 
 import torch
 
-from diffregimes import measure, process, store
+from diffregimes import process, store, theory_store
 from diffregimes.joblog import Timer, start_log
 from diffregimes.seeds import job_seed
 
@@ -15,7 +15,7 @@ train = store.open_store(sm.input.train, "training set", require=("x",))
 grid, keep = process.grid_from_settings(p.time)
 seed = job_seed("theory", w.dataset, w.d, w.n, w.seed)
 with Timer(log, f"theory and f^e, job seed {seed}"):
-    ds = measure.theory_store(
+    ds = theory_store.theory_store(
         train,
         grid[keep],
         p.entropy_samples,

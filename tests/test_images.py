@@ -478,7 +478,7 @@ def test_lambda_on_channel_0_and_on_all_channels_of_rgb_data(tmp_path):
     v): channel 0's covariance has Λ₀ = s₀² + τ², all channels together max_c s_c² + τ². The
     authors' Table 1 takes channel 0 (pitfall 3): Λ and t_S = ½ log Λ use it, and both are
     stored, named for what they are. Tolerance 6 % (four relative SEs √(2/N) at N = 8000)."""
-    from diffregimes import measure
+    from diffregimes.theory_store import theory_store
 
     rng = np.random.default_rng(15)
     s, tau, total, n = np.array([0.06, 0.12, 0.09]), 0.01, 10000, 8000
@@ -493,7 +493,7 @@ def test_lambda_on_channel_0_and_on_all_channels_of_rgb_data(tmp_path):
         {"kind": "npz", "path": str(path), "test_size": 10}, "rgb", 8, n, 0
     )
     assert train.attrs["channels"] == 3 and train.sizes["feature"] == 192
-    th = measure.theory_store(train, np.array([0.5, 1.0]), 16, 0, 2**24)
+    th = theory_store(train, np.array([0.5, 1.0]), 16, 0, 2**24)
     assert float(th.Lambda_channel0) == pytest.approx(s[0] ** 2 + tau**2, rel=0.06)
     assert float(th.Lambda_all_channels) == pytest.approx(s.max() ** 2 + tau**2, rel=0.06)
     assert float(th.Lambda) == float(th.Lambda_channel0)
@@ -503,5 +503,5 @@ def test_lambda_on_channel_0_and_on_all_channels_of_rgb_data(tmp_path):
     grey, _ = im.make_image_data(
         {"kind": "npz", "path": str(path), "test_size": 10, "grayscale": True}, "rgb", 8, 2000, 0
     )
-    th1 = measure.theory_store(grey, np.array([0.5, 1.0]), 16, 0, 2**24)
+    th1 = theory_store(grey, np.array([0.5, 1.0]), 16, 0, 2**24)
     assert float(th1.Lambda) == float(th1.Lambda_channel0) == float(th1.Lambda_all_channels)

@@ -1,7 +1,7 @@
 """Statistical end-to-end checks of the science (SCIENCE.md §3–§5), CPU only, all seeded.
 
 The pipeline is run as the workflow runs it (data.make_synthetic → generate.build_score →
-generate.sample_trajectories → measure.theory_store → measure.run_metrics), or through
+generate.sample_trajectories → theory_store.theory_store → run_metrics.run_metrics), or through
 samplers.sample / samplers.clone directly where the workflow's clone-time layout (uniform in t
 up to T) would waste pairs, and its measurements are compared with the closed forms of
 diffregimes.theory. Every score uses σ = 1.5 ≠ 1 (SCIENCE.md §2: σ = 1 makes Γ_t ≡ 1).
@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffregimes import data, generate, measure, metrics, process, samplers, theory
+from diffregimes import data, generate, metrics, process, samplers, theory
+from diffregimes.run_metrics import run_metrics
+from diffregimes.theory_store import theory_store
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +44,10 @@ def _gmm_train(d: int, n: int, seed: int = 0):
 
 
 def _run_metrics(traj, train, seed: int):
-    """measure.run_metrics as the workflow calls it. The theory store's Monte Carlo f^e is not
+    """run_metrics as the workflow calls it. The theory store's Monte Carlo f^e is not
     used by these checks, so it gets 2 samples per time (f^e is tested separately below)."""
-    th = measure.theory_store(train, traj["time"].values, 2, seed, BUDGET_MB * 2**20)
-    return measure.run_metrics(traj, train, th, METRICS_CFG, seed)
+    th = theory_store(train, traj["time"].values, 2, seed, BUDGET_MB * 2**20)
+    return run_metrics(traj, train, th, METRICS_CFG, seed)
 
 
 # ------------------------------------------------------------------- §3 φ(t) by cloning
@@ -88,7 +90,7 @@ def test_phi_cloning_population_gmm_follows_theory():
 
 def _clone_same_class(score, m, d, grid, idx, pairs, seed):
     """`same[j, p]`: the two clones of pair p branched at grid[idx[j]] end in the same class
-    (sign(m·x), as measure.run_metrics classifies GMM samples)."""
+    (sign(m·x), as run_metrics.run_metrics classifies GMM samples)."""
     gen = torch.Generator().manual_seed(seed)
     x_T = samplers.prior_sample(pairs, d, gen)
     _, states = samplers.sample(score, x_T, grid, "euler_maruyama", gen, save_idx=idx)

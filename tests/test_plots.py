@@ -13,20 +13,20 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from diffregimes import plots  # noqa: E402
+from diffregimes import plots, plots_grid  # noqa: E402
 
 GRID_FIGURES = [
-    lambda s: plots.phase_diagram(s, "empirical"),
-    plots.grid_heatmaps,
-    lambda s: plots.speciation_curves(s, "population"),
-    lambda s: plots.speciation_curves(s, "empirical"),
-    plots.measured_vs_theory,
-    plots.excess_entropy,
-    lambda s: plots.collapse_fractions(s, "empirical"),
-    plots.collapse_vs_alpha,
-    lambda s: plots.n_needed(s, 0.25, "empirical"),
-    plots.memorisation_by_step,
-    plots.score_errors_by_step,
+    lambda s: plots_grid.phase_diagram(s, "empirical"),
+    plots_grid.grid_heatmaps,
+    lambda s: plots_grid.speciation_curves(s, "population"),
+    lambda s: plots_grid.speciation_curves(s, "empirical"),
+    plots_grid.measured_vs_theory,
+    plots_grid.excess_entropy,
+    lambda s: plots_grid.collapse_fractions(s, "empirical"),
+    plots_grid.collapse_vs_alpha,
+    lambda s: plots_grid.n_needed(s, 0.25, "empirical"),
+    plots_grid.memorisation_by_step,
+    plots_grid.score_errors_by_step,
 ]
 
 
@@ -95,10 +95,10 @@ def test_rendered_notebook_is_quiet_on_the_console(tmp_path):
 def test_legend_only_when_something_is_labelled():
     """A NaN time draws no marker line, so a panel may have nothing to put in its legend."""
     fig, ax = plt.subplots()
-    plots._vline(ax, float("nan"), "τ_mem")
-    plots._legend(ax, fontsize=7)
+    plots.vline(ax, float("nan"), "τ_mem")
+    plots.legend(ax, fontsize=7)
     assert ax.get_legend() is None
-    plots._vline(ax, 0.5, "τ_mem")
-    plots._legend(ax, fontsize=7)
+    plots.vline(ax, 0.5, "τ_mem")
+    plots.legend(ax, fontsize=7)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["τ_mem"]
     plt.close(fig)

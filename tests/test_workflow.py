@@ -185,7 +185,9 @@ def test_rule_code_inputs_follow_the_script_imports():
                 rules[rule] = (re.findall(r"code=code\(([^)]*)\)", body), script.group(1))
     assert len(rules) == 11, sorted(rules)
     for rule, (calls, script) in rules.items():
-        assert calls == [f'"{script}"'], (rule, calls)  # one derived list, the rule's own script
+        # one derived list: the rule's own script (and the notebook a report renders)
+        assert calls and calls[0].split(",")[0] == f'"{script}"', (rule, calls)
+        assert len(calls) == 1, (rule, calls)
         closure = set(import_closure(ROOT / "scripts" / f"{script}.py", pkg))
         probe = (
             "import ast, sys\n"

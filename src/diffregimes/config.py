@@ -73,9 +73,10 @@ def check_duplicate_keys(path: str | Path) -> None:
         yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def import_closure(script: str | Path, package: str | Path) -> list[str]:
-    """The modules of `package` (a folder) that `script` imports, directly or through each
-    other, at any depth and inside functions too: sorted module names without ".py".
+def import_closure(script: str | Path, package: str | Path, *more: str | Path) -> list[str]:
+    """The modules of `package` (a folder) that `script` (and the files `more`, e.g. the
+    notebook a report script renders) imports, directly or through each other, at any depth
+    and inside functions too: sorted module names without ".py".
 
     Read from the source with `ast` (nothing is imported), so a rule's code inputs follow the
     imports. Recognised forms: ``import pkg.mod``, ``from pkg import mod``, ``from pkg.mod
@@ -86,10 +87,23 @@ def import_closure(script: str | Path, package: str | Path) -> list[str]:
     package = Path(package)
     name = package.name
 
+    def source(path: Path) -> str:
+        if path.suffix != ".ipynb":
+            return path.read_text()
+        import json  # a papermill template: its code cells, without IPython magics
+
+        cells = json.loads(path.read_text())["cells"]
+        code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+        return "\n".join(
+            line
+            for line in "\n".join(code).splitlines()
+            if not line.lstrip().startswith(("%", "!"))
+        )
+
     @functools.cache
     def direct(path: Path) -> frozenset:
         found = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(source(path), str(path))):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     parts = alias.name.split(".")
@@ -109,7 +123,7 @@ def import_closure(script: str | Path, package: str | Path) -> list[str]:
         return frozenset(m for m in found if (package / f"{m}.py").is_file())
 
     seen: set[str] = set()
-    todo = list(direct(Path(script)))
+    todo = [m for path in (script, *more) for m in direct(Path(path))]
     while todo:
         mod = todo.pop()
         if mod not in seen:

@@ -86,6 +86,12 @@ def _as_dataset(x, label, spec, name, d, n, seed, m):
     return ds
 
 
+def law(ds: xr.Dataset) -> dict:
+    """The settings of the law (or image set) a data store was made from: its `law_*` attrs,
+    as `make_synthetic` and `images.make_image_data` write them, without the prefix."""
+    return {k.removeprefix("law_"): v for k, v in ds.attrs.items() if k.startswith("law_")}
+
+
 def population_top_eigenvalue(spec: dict, d: int) -> float:
     """Λ of the law itself: σ² + d μ̃² for the GMM, λ_max for the power-law Gaussian."""
     if spec["kind"] == "gmm":

@@ -39,14 +39,15 @@ def build_score(
         return EmpiricalScore(x, budget_bytes)
     if score != "population":
         raise ValueError(f"score {score!r}: exact scores are {EXACT_SCORES}")
-    kind, d = train.attrs["kind"], train.sizes["feature"]
+    from .data import gaussian_spectrum, law
+
+    spec, d = law(train), train.sizes["feature"]
+    kind = spec["kind"]
     if kind == "gmm":
         m = torch.as_tensor(train["m"].values, dtype=dtype, device=device)
-        return GMMScore(m, train.attrs["law_sigma"])
+        return GMMScore(m, spec["sigma"])
     if kind == "gaussian":
-        from .data import gaussian_spectrum
-
-        lam = gaussian_spectrum(d, train.attrs["law_lambda_max"], train.attrs["law_decay"])
+        lam = gaussian_spectrum(d, spec["lambda_max"], spec["decay"])
         eye = torch.eye(d, dtype=dtype, device=device)
         lam = torch.as_tensor(lam, dtype=dtype, device=device)
         return GaussianScore(torch.zeros(d, dtype=dtype, device=device), lam, eye)

@@ -69,16 +69,17 @@ def metrics_stores(wildcards=None):
     ]
 
 
-def code(script):
-    """A rule's script and every library module it imports, directly or not, as checksummed
-    inputs (derived from the imports, so the list cannot drift): a content change reruns the
-    rule, a `touch` does not (the profiles drop the `code` rerun trigger, which compares
-    script mtimes)."""
+def code(script, notebook=None):
+    """A rule's script and every library module it (and the notebook it renders) imports,
+    directly or not, as checksummed inputs (derived from the imports, so the list cannot
+    drift): a content change reruns the rule, a `touch` does not (the profiles drop the `code`
+    rerun trigger, which compares script mtimes)."""
     path = f"{workflow.basedir}/scripts/{script}.py"
-    return [
-        path,
-        *(f"{PKG}/{name}.py" for name in config_checks.import_closure(path, PKG)),
-    ]
+    more = (
+        [f"{workflow.basedir}/workflow/notebooks/{notebook}.ipynb"] if notebook else []
+    )
+    names = config_checks.import_closure(path, PKG, *more)
+    return [path, *(f"{PKG}/{name}.py" for name in names)]
 
 
 def get_dataset(w):

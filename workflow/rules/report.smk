@@ -8,7 +8,7 @@ rule report_run:
         train=TRAIN_STORE,
         train_log=get_train_log,
         notebook=f"{workflow.basedir}/workflow/notebooks/run.ipynb",
-        code=code("report_run"),
+        code=code("report_run", "run"),
     output:
         notebook=f"results/reports/runs/{CELL}/{{score}}.ipynb",
         html=report(
@@ -35,7 +35,7 @@ rule report_summary:
     input:
         summary="results/summary.zarr",
         notebook=f"{workflow.basedir}/workflow/notebooks/summary.ipynb",
-        code=code("report"),
+        code=code("report", "summary"),
     output:
         notebook="results/reports/summary.ipynb",
         html=report(

@@ -1,9 +1,7 @@
-"""The measurement stages: theory of a training set, metrics of a run, the grid summary.
-
-`theory_store` depends only on the training set and the time grid (spectrum, Λ, t_S, f^e(t),
-f(t), t_C): it is computed once per data cell and shared by every score of that cell.
-`run_metrics` adds what the trajectories show (φ, t̂_C, collapse, φ_C, d₁/d₂, f_mem) and joins
-both into the per-run metrics store whose variable names are the contract of DESIGN.md.
+"""Rule `metrics`: every per-run measurement of one run's trajectories (φ, t_S, t̂_C, the
+collapse fraction, φ_C, d₁/d₂ and f_mem on the clean samples x̂₀), joined with its data cell's
+theory store into the metrics store whose variable names are the contract of DESIGN.md; a
+learned score's training axis is added by `add_training_axis`.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import torch
 import xarray as xr
 
 from . import metrics, process, theory
-from .data import SYNTHETIC_KINDS, gaussian_spectrum, population_top_eigenvalue
+from .data import law
 from .judge_correction import correctable, pair_agreement_map, speciation_threshold
 from .neighbours import nearest
 from .speciation import speciation_time_fit
@@ -25,156 +23,6 @@ from .speciation import speciation_time_fit
 log = logging.getLogger(__name__)
 
 NOT_APPLICABLE_NO_CLASSES = "the data have no classes (a single Gaussian law): φ is undefined"
-
-
-def _law(train: xr.Dataset) -> dict:
-    return {k.removeprefix("law_"): v for k, v in train.attrs.items() if k.startswith("law_")}
-
-
-def top_eigenvalues(train: xr.Dataset, x: np.ndarray, eig: np.ndarray):
-    """(Λ for t_S, Λ over channel 0, Λ over all channels, which one t_S uses).
-
-    The authors' Table 1 takes Λ on channel 0 only for RGB data (pitfall 3); one channel or
-    synthetic data have a single Λ."""
-    lam_all = float(eig[0])
-    channels = int(train.attrs.get("channels", 0))
-    if channels == 0:  # synthetic data: raw coordinates, no channels
-        return lam_all, float("nan"), lam_all, "all coordinates"
-    lam0 = lam_all if channels == 1 else theory.top_eigenvalue(x[:, : x.shape[1] // channels])
-    used = "the single channel" if channels == 1 else "channel 0 only (the authors' Table 1)"
-    return lam0, lam0, lam_all, used
-
-
-def theory_store(
-    train: xr.Dataset,
-    times: np.ndarray,
-    entropy_samples: int,
-    seed: int,
-    budget_bytes: int,
-    device="cpu",
-    entropy_fraction: float = 0.1,
-    entropy_z: float = 2.0,
-    n_boot: int = 200,
-) -> xr.Dataset:
-    """Spectrum, Λ, both t_S references, the excess entropy (theory and Monte Carlo f^e) at
-    `times` and the collapse times read off it."""
-    x = train["x"].values.astype(np.float64)
-    n, d = x.shape
-    law = _law(train)
-    alpha = math.log(n) / d
-    eig = theory.covariance_spectrum(x)
-    lam, lam0, lam_all, lam_used = top_eigenvalues(train, x, eig)
-    known_law = law["kind"] in SYNTHETIC_KINDS
-    lam_pop = population_top_eigenvalue(law, d) if known_law else float("nan")
-    k_s, t_s_ddpm = theory.speciation_step_ddpm(lam, process.alphas_bar("linear", 1000))
-    t_s_gmm = float("nan")
-    if law["kind"] == "gmm":
-        t_s_gmm = float(
-            theory.speciation_time_gmm(float((train["m"].values ** 2).sum()), law["sigma"])
-        )
-
-    if not known_law:  # real data: the Gaussian-spectrum f(t) of the training covariance
-        f_theory = theory.excess_entropy_spectrum(times, alpha, eig, d)
-        fine = np.geomspace(1e-4, 20.0, 4000)
-        t_c = theory.collapse_time_from_curve(
-            fine, theory.excess_entropy_spectrum(fine, alpha, eig, d, clip=False)
-        )
-        t_c_how = "zero of the Gaussian-spectrum f(t) of the training covariance (no known law)"
-    elif law["kind"] == "gmm":
-        f_theory = theory.excess_entropy_gmm(times, alpha, law["sigma"])
-        t_c = theory.collapse_time_gmm(n, d, law["sigma"])
-        t_c_how = "GMM closed form ½ log(1 + σ²/(n^{2/d} − 1))"
-    else:
-        pop = gaussian_spectrum(d, law["lambda_max"], law["decay"])
-        f_theory = theory.excess_entropy_spectrum(times, alpha, pop, d)
-        fine = np.geomspace(1e-4, 20.0, 4000)
-        t_c = theory.collapse_time_from_curve(
-            fine, theory.excess_entropy_spectrum(fine, alpha, pop, d, clip=False)
-        )
-        t_c_how = "zero of the Gaussian-spectrum f(t) of the law's covariance"
-    f_spectrum = theory.excess_entropy_spectrum(times, alpha, eig, d)
-
-    log.info(
-        "f^e Monte Carlo: %d samples at %d times, n=%d, d=%d", entropy_samples, len(times), n, d
-    )
-    gen = torch.Generator(device=device).manual_seed(seed)
-    a = torch.as_tensor(x, dtype=torch.float64, device=device)
-    f_e, f_e_se = metrics.excess_entropy_empirical(a, times, entropy_samples, gen, budget_bytes)
-    t_c_e, t_c_e_se = metrics.collapse_time_entropy(
-        times, f_e, f_e_se, entropy_z, n_boot, np.random.default_rng(seed)
-    )
-
-    ds = xr.Dataset(
-        {
-            "eigenvalue": (("component",), eig),
-            "f_excess": (("time",), f_e),
-            "f_excess_se": (("time",), f_e_se),
-            "f_theory": (("time",), f_theory),
-            "f_spectrum": (("time",), f_spectrum),
-            "Lambda": lam,
-            "Lambda_channel0": lam0,
-            "Lambda_all_channels": lam_all,
-            "Lambda_population": lam_pop,
-            "alpha": alpha,
-            "t_S_theory": theory.speciation_time(lam),
-            "t_S_gmm": t_s_gmm,
-            "t_S_ddpm": t_s_ddpm,
-            "k_S_ddpm": k_s,
-            "t_C_theory": t_c,
-            "t_C_entropy": t_c_e,
-            "t_C_entropy_se": t_c_e_se,
-            "t_C_entropy_level": metrics.collapse_time_entropy_level(
-                times, f_e, alpha, entropy_fraction
-            ),
-        },
-        coords={"time": times, "component": np.arange(len(eig))},
-    )
-    ds["eigenvalue"].attrs["description"] = "covariance spectrum of the centred training data"
-    ds["f_excess"].attrs["description"] = "Monte Carlo excess entropy f^e(t) of the training set"
-    ds["f_theory"].attrs["description"] = "excess entropy f(t) of the law (clipped at 0)"
-    ds["f_spectrum"].attrs["description"] = "Gaussian-spectrum f(t) from the training covariance"
-    convention = train.attrs.get("lambda_convention", train.attrs.get("preprocessing", ""))
-    ds["Lambda"].attrs.update(
-        description=f"top eigenvalue of the covariance of the centred training data ({lam_used})",
-        channels_used=lam_used,
-        convention=convention,
-        preprocessing=train.attrs.get("preprocessing", ""),
-    )
-    ds["Lambda_channel0"].attrs["description"] = "Λ over the pixels of channel 0 only"
-    ds["Lambda_all_channels"].attrs["description"] = "Λ over every coordinate (all channels)"
-    if not train.attrs.get("channels"):
-        ds["Lambda_channel0"].attrs["not_applicable"] = "synthetic data have no channels"
-    ds["Lambda_population"].attrs["description"] = "top eigenvalue of the law's covariance"
-    if not known_law:
-        ds["Lambda_population"].attrs["not_applicable"] = "real data: no known law"
-    ds["t_S_theory"].attrs["description"] = f"½ log Λ (the paper's), Λ over {lam_used}"
-    ds["t_S_gmm"].attrs["description"] = (
-        "exact 0.7752 crossing of the GMM's φ(t): ½ log(|m|² + 1 − σ²)"
-    )
-    if law["kind"] != "gmm":
-        ds["t_S_gmm"].attrs["not_applicable"] = "not a two-cluster GMM"
-    ds["k_S_ddpm"].attrs["description"] = (
-        "first step k of the linear 1000-step DDPM schedule with ᾱ_k < 1/Λ (the paper's Table 1)"
-    )
-    ds["t_S_ddpm"].attrs["description"] = "DDPM-quantised t_S = −½ log ᾱ_{k_S}"
-    ds["t_C_theory"].attrs["description"] = t_c_how
-    ds["t_C_entropy"].attrs["description"] = (
-        f"largest t where the measured f^e(t) is within {entropy_z} SE of 0 (its zero)"
-    )
-    ds["t_C_entropy_se"].attrs["description"] = "bootstrap SE of t_C_entropy (Monte Carlo error)"
-    ds["t_C_entropy_level"].attrs["description"] = (
-        f"largest t where the measured f^e(t) falls to the level {entropy_fraction}·α "
-        "(a point of the finite-d crossover, above the zero)"
-    )
-    ds["alpha"].attrs["description"] = "ln(n)/d"
-    ds.attrs.update(
-        entropy_samples=int(entropy_samples),
-        entropy_collapse_fraction=float(entropy_fraction),
-        entropy_zero_se=float(entropy_z),
-        seed_job=int(seed),
-    )
-    return ds
-
 
 NO_JUDGE = "no class judge was given for these images: φ is undefined"
 
@@ -281,7 +129,7 @@ def run_metrics(
     clone_times = traj["clone_time"].values
 
     labels = _classify(train, flat.cpu(), judge)
-    law = _law(train)
+    spec = law(train)
     phi_limit = _phi_limit(train) if labels is not None else np.nan
     nan_ct = np.full(ct, np.nan)
     phi = phi_se = phi_raw = phi_raw_se = phi_theory = nan_ct
@@ -317,7 +165,7 @@ def run_metrics(
             )
         if "m" in train:
             mu_sq = float((train["m"].values ** 2).sum())
-            phi_theory = theory.phi_gmm_time(clone_times, mu_sq, law["sigma"])
+            phi_theory = theory.phi_gmm_time(clone_times, mu_sq, spec["sigma"])
 
     ds = xr.Dataset(
         {
@@ -384,7 +232,7 @@ def run_metrics(
         )
     _describe(ds)
     ds.attrs.update(traj.attrs)
-    ds.attrs.update({k: v for k, v in train.attrs.items() if k.startswith("law_")})
+    ds.attrs.update({k: v for k, v in train.attrs.items() if k.startswith("spec")})
     ds.attrs.update(
         metrics_settings=cfg, seed_metrics=int(seed), theory_seed_job=theory_ds.attrs["seed_job"]
     )
@@ -476,35 +324,4 @@ def add_training_axis(run: xr.Dataset, axis: xr.Dataset) -> xr.Dataset:
     for name in TRAINING_AXIS:
         out[name] = axis[name]
     out.attrs["training_axis_settings"] = axis.attrs.get("settings", "")
-    return out
-
-
-RUN_KEYS = ("dataset", "d", "n", "seed", "score")
-
-
-def stack_summary(stores: list[xr.Dataset]) -> xr.Dataset:
-    """Stack per-run metrics stores along `run`, with the run's keys as coordinates."""
-    parts = []
-    for ds in stores:
-        keys = {k: ds.attrs[k] for k in RUN_KEYS}
-        keys["sampler"] = ds.attrs.get("sampler", "")
-        keys["kind"] = ds.attrs.get("law_kind", "")
-        keys["sigma"] = float(ds.attrs.get("law_sigma", np.nan))  # GMM σ, NaN otherwise
-        part = ds.drop_attrs(deep=False).expand_dims(run=1)
-        parts.append(part.assign_coords({k: ("run", [v]) for k, v in keys.items()}))
-    out = xr.concat(
-        parts,
-        dim="run",
-        join="outer",
-        combine_attrs="drop_conflicts",
-        data_vars="all",
-        coords="different",
-        compat="equals",
-    )
-    for key in ("dataset", "score", "sampler", "kind"):
-        out[key] = out[key].astype(object)
-    out = out.assign_coords(run=np.arange(out.sizes["run"]))
-    out.attrs["description"] = (
-        "every per-run metric, stacked over runs (dataset, d, n, seed, score)"
-    )
     return out

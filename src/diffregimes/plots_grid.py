@@ -1,0 +1,385 @@
+"""Figures of the grid report (workflow/notebooks/summary.ipynb): each a function of the
+summary store returning a Figure (or a table), the measurement beside its theory."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import xarray as xr
+
+from . import theory
+from .plots import gmm_sigmas, legend, no_runs, panels_by_d, points, run_table
+
+
+def speciation_curves(summary: xr.Dataset, score: str = "population"):
+    """φ(t) measured (points, ±1 SE) and the GMM closed form (line), one panel per d."""
+    sub = summary.where(summary.score == score, drop=True)
+    sub = sub.where(
+        np.isfinite(sub.t_S_theory) & (sub.phi_class.count("clone_time") > 0), drop=True
+    )
+    fig, axes, panels = panels_by_d(sub)
+    for ax, d, runs in panels:
+        for r in range(runs.sizes["run"]):
+            run = runs.isel(run=r)
+            label = f"{run.dataset.item()} n={int(run.n)}"
+            points(ax, run.clone_time, run.phi_class, run.phi_class_se, label)
+            ax.axvline(float(run.t_S_theory), color="grey", ls=":", lw=1)
+        if np.isfinite(runs.phi_theory).any():
+            best = runs.isel(run=0)
+            ax.plot(best.clone_time, best.phi_theory, "k-", lw=1, label="theory (GMM)")
+        ax.axhline(0.7752, color="red", lw=0.8, ls="--")
+        ax.set(title=f"d = {d}", xlabel="clone time t", ylabel="φ(t)")
+    legend(axes[0][0], fontsize=7)
+    fig.suptitle(f"Speciation by cloning ({score} score); dotted: t_S = ½ log Λ")
+    fig.tight_layout()
+    return fig
+
+
+def measured_vs_theory(summary: xr.Dataset):
+    """t_S and t_C measured against theory, one point per run, with the identity line. The t_S
+    reference is the exact 0.7752 crossing for the GMM and ½ log Λ elsewhere."""
+    table = run_table(summary)
+    if "t_S_gmm" in table:
+        table["t_S_theory"] = table.t_S_gmm.where(np.isfinite(table.t_S_gmm), table.t_S_theory)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, (name, expected, measured, se) in zip(
+        axes,
+        [
+            (
+                "speciation time t_S (GMM: exact crossing)",
+                "t_S_theory",
+                "t_S_measured",
+                "t_S_measured_se",
+            ),
+            ("collapse time t_C", "t_C_theory", "t_C_measured", "t_C_measured_se"),
+        ],
+        strict=True,
+    ):
+        ok = table[np.isfinite(table[measured])]
+        for score, group in ok.groupby("score"):
+            ax.errorbar(
+                group[expected], group[measured], yerr=group[se], fmt="o", capsize=2, label=score
+            )
+        lim = [0, float(np.nanmax(ok[[expected, measured]].to_numpy(), initial=1.0)) * 1.1]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.set(xlabel=f"{name}, theory", ylabel=f"{name}, measured", title=name)
+        legend(ax, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def speciation_table(summary: xr.Dataset) -> pd.DataFrame:
+    """Measured t_S ± SE of every run with classes against both references, the deviations in
+    units of the run's own SE: the paper's ½ log Λ and, for the GMM, the exact 0.7752 crossing
+    ½ log(|m|² + 1 − σ²); the DDPM-quantised t_S of the paper's Table 1 beside them."""
+    table = run_table(summary)
+    table = table[np.isfinite(table.t_S_measured)].copy()
+    se = table.t_S_measured_se
+    out = table[["dataset", "d", "n", "score", "t_S_measured"]].copy()
+    out["SE"] = se
+    out["½ log Λ"] = table.t_S_theory
+    out["(meas. − ½ log Λ)/SE"] = (table.t_S_measured - table.t_S_theory) / se
+    if "t_S_gmm" in table:
+        out["exact GMM"] = table.t_S_gmm
+        out["(meas. − exact)/SE"] = (table.t_S_measured - table.t_S_gmm) / se
+    if "t_S_ddpm" in table:
+        out["DDPM-quantised"] = table.t_S_ddpm
+    if "t_S_no_crossing_fraction" in table:
+        out["no-crossing replicates"] = table.t_S_no_crossing_fraction
+    return out.rename(columns={"t_S_measured": "t_S measured"}).reset_index(drop=True)
+
+
+def excess_entropy(summary: xr.Dataset):
+    """f^e(t)/α (Monte Carlo, points) and f(t)/α (theory, lines), one panel per d."""
+    sub = summary.where(summary.score == summary.score[0], drop=True)  # f^e is score-free
+    fig, axes, panels = panels_by_d(sub)
+    palette = sns.color_palette("viridis", n_colors=len(set(sub.n.values.tolist())))
+    ns = sorted(set(int(v) for v in sub.n.values))
+    for ax, d, runs in panels:
+        for r in range(runs.sizes["run"]):
+            run = runs.isel(run=r)
+            color = palette[ns.index(int(run.n))]
+            alpha = float(run.alpha)
+            ax.plot(run.time, run.f_theory / alpha, color=color, lw=1)
+            ax.errorbar(
+                run.time,
+                run.f_excess / alpha,
+                yerr=run.f_excess_se / alpha,
+                fmt=".",
+                color=color,
+                ms=3,
+                label=f"{run.dataset.item()} n={int(run.n)}",
+            )
+            ax.axvline(float(run.t_C_theory), color=color, ls=":", lw=1)
+        ax.set(xscale="log", title=f"d = {d}", xlabel="t", ylabel="f(t) / α")
+    legend(axes[0][0], fontsize=7)
+    fig.suptitle("Excess entropy: Monte Carlo f^e (points) and theory (lines); dotted: t_C")
+    fig.tight_layout()
+    return fig
+
+
+def collapse_fractions(summary: xr.Dataset, score: str = "empirical"):
+    """Fraction of trajectories collapsed onto their final training point, against t."""
+    sub = summary.where(summary.score == score, drop=True)
+    fig, axes, panels = panels_by_d(sub)
+    for ax, d, runs in panels:
+        for r in range(runs.sizes["run"]):
+            run = runs.isel(run=r)
+            (line,) = ax.plot(
+                run.time, run.collapse_fraction, label=f"{run.dataset.item()} n={int(run.n)}"
+            )
+            ax.axvline(float(run.t_C_theory), color=line.get_color(), ls=":", lw=1)
+        ax.set(xscale="log", title=f"d = {d}", xlabel="t", ylabel="collapsed fraction")
+    legend(axes[0][0], fontsize=7)
+    fig.suptitle(f"Collapse ({score} score); dotted: t_C theory")
+    fig.tight_layout()
+    return fig
+
+
+def collapse_vs_alpha(summary: xr.Dataset):
+    """Measured t_C against α = ln n / d, with the GMM curve ½ log(1 + σ²/(e^{2α} − 1))."""
+    table = run_table(summary)
+    table = table[table.score == "empirical"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if table.empty:
+        no_runs(ax)
+        return fig
+    sns.scatterplot(
+        table, x="alpha", y="t_C_measured", hue="d", style="dataset", ax=ax, palette="viridis"
+    )
+    ax.errorbar(
+        table.alpha, table.t_C_measured, yerr=table.t_C_measured_se, fmt="none", ecolor="k", lw=0.6
+    )
+    sns.scatterplot(
+        table,
+        x="alpha",
+        y="t_C_theory",
+        hue="d",
+        style="dataset",
+        ax=ax,
+        palette="viridis",
+        marker="x",
+        legend=False,
+    )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="α = ln n / d",
+        ylabel="t_C",
+        title="Collapse time against α (o measured, x theory)",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _learned(summary: xr.Dataset) -> xr.Dataset | None:
+    if "f_mem_by_step" not in summary:
+        return None
+    sub = summary.where(summary.f_mem_by_step.notnull().any("step"), drop=True)
+    return sub if sub.sizes["run"] else None
+
+
+def memorisation_by_step(summary: xr.Dataset):
+    """f_mem against training step for every learned run, one panel per d, a line per n;
+    the dotted lines mark τ_mem. The follow-up's claim: τ_mem grows ∝ n."""
+    sub = _learned(summary)
+    if sub is None:
+        return None
+    ns = sorted({int(v) for v in sub.n.values})
+    palette = sns.color_palette("viridis", n_colors=len(ns))
+    fig, axes, panels = panels_by_d(sub)
+    for ax, d, runs in panels:
+        for r in range(runs.sizes["run"]):
+            run = runs.isel(run=r)
+            ok = run.f_mem_by_step.notnull()
+            color = palette[ns.index(int(run.n))]
+            ax.plot(
+                run.step[ok],
+                run.f_mem_by_step[ok],
+                "o-",
+                color=color,
+                ms=3,
+                label=f"{run.score.item()} n={int(run.n)}",
+            )
+            if np.isfinite(run.tau_mem):
+                ax.axvline(float(run.tau_mem), color=color, ls=":", lw=1)
+                lo, hi = float(run.tau_mem_ci_low), float(run.tau_mem_ci_high)
+                if np.isfinite(lo) and np.isfinite(hi):  # τ_mem's interval
+                    ax.axvspan(lo, hi, color=color, alpha=0.12, lw=0)
+        ax.set(xscale="log", title=f"d = {d}", xlabel="training step", ylabel="f_mem")
+    legend(axes[0][0], fontsize=7)
+    fig.suptitle("Memorisation along training; dotted: τ_mem")
+    fig.tight_layout()
+    return fig
+
+
+def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
+    """Learned score's distance to the empirical (memorising) and population (generalising)
+    scores against training step, at a mid-grid time, one panel per learned run."""
+    sub = _learned(summary)
+    if sub is None:
+        return None
+    k = sub.sizes["time"] // 2 if time_index is None else time_index
+    t = float(sub.time[k])
+    runs = sub.sizes["run"]
+    cols = min(runs, 3)
+    rows = int(np.ceil(runs / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, range(runs), strict=False):
+        run = sub.isel(run=r)
+        ok = run.f_mem_by_step.notnull()
+        for name, style in (("score_error_empirical", "o-"), ("score_error_population", "s--")):
+            ax.plot(
+                run.step[ok],
+                run[name].isel(time=k)[ok],
+                style,
+                ms=3,
+                label=name.removeprefix("score_error_"),
+            )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="training step",
+            title=f"d={int(run.d)} n={int(run.n)}",
+        )
+    for ax in axes.flat[runs:]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("Δ_t ‖s_θ − s‖²/d")
+    legend(axes[0][0], fontsize=7)
+    fig.suptitle(f"Which score the network learns, at t = {t:.3g}")
+    fig.tight_layout()
+    return fig
+
+
+# --- per-run figures (the run report) -----------------------------------------------------
+
+
+def phase_diagram(summary: xr.Dataset, score: str = "empirical"):
+    """The (α, t) plane: regime I above t_S (one line per d), III below t_C(α), II between;
+    measured t_S (triangles) and t_C (circles) of every run of `score`."""
+    table = run_table(summary)
+    table = table[table.score == score]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if table.empty:
+        no_runs(ax)
+        return fig
+    alphas = np.geomspace(table.alpha.min() / 2, table.alpha.max() * 2, 200)
+    ds_d = sorted(table.d.unique())
+    palette = sns.color_palette("viridis", n_colors=len(ds_d))
+    for colour, d in zip(palette, ds_d, strict=True):
+        rows = table[table.d == d]
+        ax.axhline(rows.t_S_theory.mean(), color=colour, ls=":", lw=1)
+        points(
+            ax,
+            rows.alpha,
+            rows.t_S_measured,
+            rows.t_S_measured_se,
+            f"t_S, d={d}",
+            "^",
+            color=colour,
+        )
+        points(ax, rows.alpha, rows.t_C_measured, rows.t_C_measured_se, f"t_C, d={d}", color=colour)
+    for sigma in gmm_sigmas(summary):
+        t_c = theory.collapse_time_gmm(np.exp(alphas), 1, sigma)  # depends on α = ln n/d only
+        ax.plot(alphas, t_c, "k-", lw=1, label=f"t_C theory (GMM σ={sigma:g}, d→∞)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="α = ln n / d",
+        ylabel="t",
+        title="Phase diagram: I above t_S (dotted), III below t_C",
+    )
+    legend(ax, fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def grid_heatmaps(summary: xr.Dataset):
+    """Heatmaps over (dataset · d, n), one column per score: t_C/t_S (how much of the backward
+    path is regime II), t_C measured/theory, and f_mem. (The collapsed fraction at t_min is
+    1 by the definition of t̂_C, so it is not shown.)"""
+    table = run_table(summary)
+    table["t_C / t_S"] = table.t_C_measured / table.t_S_theory
+    table["t_C measured / theory"] = table.t_C_measured / table.t_C_theory
+    table["dataset · d"] = table.dataset + " · " + table.d.astype(str)
+    scores = list(dict.fromkeys(table.score))
+    quantities = ["t_C / t_S", "t_C measured / theory", "f_mem"]
+    fig, axes = plt.subplots(
+        len(quantities),
+        len(scores),
+        figsize=(3.8 * len(scores), 2.9 * len(quantities)),
+        squeeze=False,
+    )
+    for j, score in enumerate(scores):
+        sub = table[table.score == score]
+        for i, q in enumerate(quantities):
+            grid = sub.pivot_table(index="dataset · d", columns="n", values=q, aggfunc="mean")
+            sns.heatmap(
+                grid,
+                annot=True,
+                fmt=".2f",
+                cmap="magma",
+                ax=axes[i][j],
+                cbar=False,
+                vmin=0 if q == "f_mem" else None,  # t_C/t_S < 0 when Λ < 1 (t_S < 0)
+                vmax=1 if q == "f_mem" else None,
+                annot_kws={"fontsize": 7},
+            )
+            axes[i][j].set_title(f"{score}: {q}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def n_needed(summary: xr.Dataset, eps: float, score: str = "empirical"):
+    """The training-set size that keeps t_C ≤ ε, against d: theory
+    n ≥ [1 + σ²/(e^{2ε} − 1)]^{d/2} (lines) and the grid's measurement (points: log-n
+    interpolation where the measured t_C crosses ε; an arrow when even the largest n does not
+    reach it, a lower bound)."""
+    table = run_table(summary)
+    table = table[table.score == score]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if table.empty:
+        no_runs(ax)
+        return fig
+    ds_d = np.array(sorted(table.d.unique()))
+    for sigma in gmm_sigmas(summary):
+        dd = np.linspace(ds_d.min(), ds_d.max(), 100)
+        ax.plot(
+            dd,
+            theory.n_for_collapse_below(eps, dd, sigma),
+            "k-",
+            lw=1,
+            label=f"theory (GMM σ={sigma:g})",
+        )
+    for d in ds_d:
+        rows = table[table.d == d].groupby("n").t_C_measured.mean().sort_index()
+        ns, tc = rows.index.values.astype(float), rows.values
+        below = np.flatnonzero(tc <= eps)
+        if below.size == 0:
+            ax.annotate(
+                "",
+                xy=(d, ns[-1] * 3),
+                xytext=(d, ns[-1]),
+                arrowprops={"arrowstyle": "->", "color": "C3"},
+            )
+            ax.plot(d, ns[-1], "v", color="C3")
+            continue
+        i = below[0]
+        if i == 0:
+            ax.plot(d, ns[0], "o", color="C0", mfc="none")  # already below at the smallest n
+            continue
+        w = (tc[i - 1] - eps) / (tc[i - 1] - tc[i])
+        ax.plot(d, np.exp(np.log(ns[i - 1]) + w * np.log(ns[i] / ns[i - 1])), "o", color="C0")
+    ax.plot([], [], "o", color="C0", label="measured (interpolated)")
+    ax.plot([], [], "v", color="C3", label="not reached: n > largest n")
+    ax.set(
+        yscale="log",
+        xlabel="d",
+        ylabel=f"n needed for t_C ≤ {eps:g}",
+        title="Curse of dimensionality: n ~ e^{αd}",
+    )
+    legend(ax, fontsize=7)
+    fig.tight_layout()
+    return fig
