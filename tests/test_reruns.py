@@ -139,9 +139,13 @@ def test_nothing_changed_nothing_to_do(wf):
 
 
 def test_metric_setting_reruns_metrics_and_reports_only(wf):
+    jobs = wf.changed(lambda c: c["metrics"].update(interval="exact"))
+    report("metric setting (metrics.interval)", jobs)
+    assert_reruns(jobs, {"metrics": 3, "summary": 1}, runs=3)
+    # the bootstrap also sets the SE of t_C from f^e: the theory job reruns too
     jobs = wf.changed(lambda c: c["metrics"].update(bootstrap=30))
     report("metric setting (metrics.bootstrap)", jobs)
-    assert_reruns(jobs, {"metrics": 3, "summary": 1}, runs=3)
+    assert_reruns(jobs, {"theory": 1, "metrics": 3, "summary": 1}, runs=3)
 
 
 def test_sampler_setting_reruns_sampling_onward(wf):

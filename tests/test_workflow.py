@@ -139,7 +139,7 @@ def test_tiny_run_reports(tiny_run):
 def test_tiny_rerun_does_nothing_and_metric_change_reruns_metrics_only(tiny_run, tmp_path):
     assert planned_jobs(tiny_run) == {}  # nothing changed: nothing to do
     cfg = yaml.safe_load(TINY.read_text())
-    cfg["metrics"]["bootstrap"] = 30
+    cfg["metrics"]["interval"] = "exact"  # a setting of the metrics rule alone
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(tiny_run, changed)
