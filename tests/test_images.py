@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffregimes import image_files as files
 from diffregimes import images as im
 from diffregimes import store
 from diffregimes.theory import covariance_spectrum
@@ -45,7 +46,7 @@ def idx_folder(root: Path, gz: bool, rng, n_train=30, n_test=12, side=6):
         "test_labels": np.arange(n_test, dtype=np.uint8) % 3,
     }
     for role, array in arrays.items():
-        write_idx(root / im.IDX_FILES[role], array, gz=gz)
+        write_idx(root / files.IDX_FILES[role], array, gz=gz)
     return arrays
 
 
@@ -53,14 +54,14 @@ def write_cifar(root: Path, rng, per_batch=20):
     """CIFAR-10 python batches: pickled dicts with bytes keys, as the real files are."""
     root.mkdir()
     batches = {}
-    for b in [*im.CIFAR10_TRAIN_BATCHES, "test_batch"]:
+    for b in [*files.CIFAR10_TRAIN_BATCHES, "test_batch"]:
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, per_batch)]
         with open(root / b, "wb") as f:
             pickle.dump({b"data": data, b"labels": labels, b"batch_label": b.encode()}, f, 2)
         batches[b] = (data, np.array(labels))
     with open(root / "batches.meta", "wb") as f:
-        names = [c.encode() for c in im.CIFAR10_CLASSES]
+        names = [c.encode() for c in files.CIFAR10_CLASSES]
         pickle.dump({b"label_names": names, b"num_vis": 3072}, f, 2)
     return batches
 
@@ -195,7 +196,7 @@ def test_cifar10_batches(tmp_path):
     spec = {"kind": "cifar10", "path": str(tmp_path / "cifar-10-batches-py")}
     pool = im.load_pool(spec, "c")
     assert pool.train_images.shape == (100, 3, 32, 32) and pool.test_images.shape == (20, 3, 32, 32)
-    assert pool.class_names == list(im.CIFAR10_CLASSES)
+    assert pool.class_names == list(files.CIFAR10_CLASSES)
     # Rows are channel-major: the first 1024 bytes are the red plane, row by row.
     data, labels = batches["data_batch_2"]
     np.testing.assert_allclose(pool.train_images[20, 0, 1, :], data[0, 32:64] / 255, atol=1e-7)
@@ -204,7 +205,7 @@ def test_cifar10_batches(tmp_path):
     # Names and label values both select classes; labels become indices into class_names.
     sub = im.load_pool({**spec, "classes": ["cat", 5]}, "c")
     assert sub.class_names == ["cat", "dog"]
-    all_train = np.concatenate([batches[b][1] for b in im.CIFAR10_TRAIN_BATCHES])
+    all_train = np.concatenate([batches[b][1] for b in files.CIFAR10_TRAIN_BATCHES])
     assert np.bincount(sub.train_labels, minlength=2).tolist() == [
         int((all_train == 3).sum()),
         int((all_train == 5).sum()),
@@ -410,10 +411,10 @@ def test_fashion_mnist_missing_folder_says_what_to_install(tmp_path):
 
 def require_fashion_mnist():
     """Skip without Debian's files, unless DIFFREGIMES_FASHION_MNIST=required (as in CI)."""
-    if Path(im.FASHION_MNIST_PATH).is_dir():
+    if Path(files.FASHION_MNIST_PATH).is_dir():
         return
     why = (
-        f"Fashion-MNIST not installed at {im.FASHION_MNIST_PATH} "
+        f"Fashion-MNIST not installed at {files.FASHION_MNIST_PATH} "
         "(apt-get install dataset-fashion-mnist)"
     )
     if os.environ.get("DIFFREGIMES_FASHION_MNIST") == "required":

@@ -13,10 +13,10 @@ import xarray as xr
 import yaml
 from workflow_helpers import ROOT, snakemake
 
-from diffregimes import images
+from diffregimes import image_files
 
 IMAGES = ROOT / "tests" / "config" / "images.yaml"
-HAVE_FMNIST = Path(images.FASHION_MNIST_PATH).is_dir()
+HAVE_FMNIST = Path(image_files.FASHION_MNIST_PATH).is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_fashion_mnist_end_to_end(image_run):
     workdir, log = image_run
     if not HAVE_FMNIST:
         assert "leaves fmnist out" in log  # one warning that says how to add it
-        why = f"Fashion-MNIST not installed at {images.FASHION_MNIST_PATH}"
+        why = f"Fashion-MNIST not installed at {image_files.FASHION_MNIST_PATH}"
         if os.environ.get("DIFFREGIMES_FASHION_MNIST") == "required":
             pytest.fail(why)
         pytest.skip(why + " (apt-get install dataset-fashion-mnist)")

@@ -15,7 +15,7 @@ import xarray as xr
 import yaml
 from workflow_helpers import ROOT, TINY, planned_jobs, snakemake
 
-from diffregimes import images
+from diffregimes import image_files
 
 RUN_VARIABLES = {
     "phi_class": ("clone_time",),
@@ -42,7 +42,7 @@ def test_default_config_dry_run(tmp_path):
     2 n × 1 score, Fashion-MNIST 2 n × 1 score where Debian's files are installed."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     jobs = planned_jobs(tmp_path, None)
-    fashion = Path(images.FASHION_MNIST_PATH).is_dir()
+    fashion = Path(image_files.FASHION_MNIST_PATH).is_dir()
     assert jobs["sample"] == 27 + 2 + 2 * fashion and jobs["metrics"] == jobs["sample"]
     assert jobs["train"] == 9 and jobs["training_axis"] == 9
     assert jobs["data"] == 9 + 2 + 2 * fashion and jobs["theory"] == jobs["data"]
