@@ -28,8 +28,6 @@ __all__ = [
     "same_class_fraction",
     "same_nearest_fraction",
     "speciation_time_bootstrap",
-    "speciation_time_fit",
-    "speciation_time_interpolated",
     "speciation_time_measured",
 ]
 
@@ -174,15 +172,6 @@ def speciation_time_bootstrap(
     ok = np.isfinite(boot)
     se = float(boot[ok].std(ddof=1)) if ok.sum() > 1 else float("nan")
     return t_s, se, float(1.0 - ok.mean())
-
-
-def speciation_time_interpolated(clone_times, phi, threshold=theory.PHI_AT_SPECIATION, floor=0.5):
-    """`speciation_time_measured` for every row of phi (..., K): the interpolated crossing as
-    an `estimator` of `speciation_time_bootstrap` (floor unused)."""
-    p = _np(phi, np.float64)
-    rows = p.reshape(-1, p.shape[-1])
-    out = np.array([speciation_time_measured(clone_times, r, threshold) for r in rows])
-    return out.reshape(p.shape[:-1])
 
 
 # --------------------------------------------------------------------------- collapse (§4)

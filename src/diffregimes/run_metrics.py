@@ -16,7 +16,7 @@ import xarray as xr
 
 from . import metrics, process, theory
 from .data import law
-from .judge_correction import correctable, pair_agreement_map, speciation_threshold
+from .judge_correction import correctable, corrected_phi, speciation_threshold
 from .neighbours import nearest
 from .speciation import speciation_time_fit
 
@@ -55,6 +55,11 @@ def _phi_limit(train: xr.Dataset) -> float:
         return 0.5
     counts = np.unique(train["label"].values, return_counts=True)[1]
     return float(((counts / counts.sum()) ** 2).sum())
+
+
+def _undo_judge(phi, confusion):
+    """φ with the class judge's errors undone (for every bootstrap replicate of φ)."""
+    return corrected_phi(phi, confusion)[0]
 
 
 def _speciation_estimator(train: xr.Dataset, pairs: int, cfg: dict):
@@ -145,10 +150,8 @@ def run_metrics(
         if judge is not None:
             correction_reason = correctable(judge_confusion, cfg.get("judge_min_accuracy", 0.6))
             if correction_reason is None:
-                A, B = pair_agreement_map(judge_confusion)
-                correct = lambda p, A=A, B=B: (p - B) / (A - B)  # noqa: E731
-                phi = correct(phi_raw)
-                phi_se = phi_raw_se / (A - B)
+                correct = functools.partial(_undo_judge, confusion=judge_confusion)
+                phi, phi_se = corrected_phi(phi_raw, judge_confusion, se=phi_raw_se)
         else:
             phi, phi_se = phi_raw, phi_raw_se
         if correction_reason is None:
