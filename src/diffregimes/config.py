@@ -14,6 +14,7 @@ on the d of an image dataset (d = channels × side²).
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 
 import yaml
@@ -80,56 +81,61 @@ def import_closure(script: str | Path, package: str | Path, *more: str | Path) -
 
     Read from the source with `ast` (nothing is imported), so a rule's code inputs follow the
     imports. Recognised forms: ``import pkg.mod``, ``from pkg import mod``, ``from pkg.mod
-    import x`` and, inside the package, ``from . import mod`` and ``from .mod import x``."""
-    import ast
-    import functools
+    import x`` and, inside the package, ``from . import mod`` and ``from .mod import x``.
+    Each file is parsed once per content (`_direct_imports` is cached on its mtime), however
+    many rules share it."""
+    package = Path(package).resolve()
 
-    package = Path(package)
-    name = package.name
-
-    def source(path: Path) -> str:
-        if path.suffix != ".ipynb":
-            return path.read_text()
-        import json  # a papermill template: its code cells, without IPython magics
-
-        cells = json.loads(path.read_text())["cells"]
-        code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
-        return "\n".join(
-            line
-            for line in "\n".join(code).splitlines()
-            if not line.lstrip().startswith(("%", "!"))
-        )
-
-    @functools.cache
     def direct(path: Path) -> frozenset:
-        found = set()
-        for node in ast.walk(ast.parse(source(path), str(path))):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    parts = alias.name.split(".")
-                    if parts[0] == name and len(parts) > 1:
-                        found.add(parts[1])
-            elif isinstance(node, ast.ImportFrom):
-                inside = node.level > 0 and path.parent == package
-                parts = (node.module or "").split(".")
-                if node.level == 0 and parts[0] == name:
-                    parts = parts[1:]
-                elif not inside:
-                    continue
-                if parts and parts[0]:
-                    found.add(parts[0])
-                else:  # from pkg import mod / from . import mod
-                    found.update(alias.name for alias in node.names)
-        return frozenset(m for m in found if (package / f"{m}.py").is_file())
+        path = Path(path).resolve()
+        return _direct_imports(path, path.stat().st_mtime_ns, package)
 
     seen: set[str] = set()
-    todo = [m for path in (script, *more) for m in direct(Path(path))]
+    todo = [m for path in (script, *more) for m in direct(path)]
     while todo:
         mod = todo.pop()
         if mod not in seen:
             seen.add(mod)
             todo.extend(direct(package / f"{mod}.py"))
     return sorted(seen)
+
+
+def _source(path: Path) -> str:
+    """A module's text, or a papermill template's code cells without IPython magics."""
+    if path.suffix != ".ipynb":
+        return path.read_text()
+    import json
+
+    cells = json.loads(path.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
+
+
+@functools.cache
+def _direct_imports(path: Path, mtime_ns: int, package: Path) -> frozenset:
+    """The modules of `package` that the file at `path` imports itself (see import_closure)."""
+    import ast
+
+    name = package.name
+    found = set()
+    for node in ast.walk(ast.parse(_source(path), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == name and len(parts) > 1:
+                    found.add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            inside = node.level > 0 and path.parent == package
+            parts = (node.module or "").split(".")
+            if node.level == 0 and parts[0] == name:
+                parts = parts[1:]
+            elif not inside:
+                continue
+            if parts and parts[0]:
+                found.add(parts[0])
+            else:  # from pkg import mod / from . import mod
+                found.update(alias.name for alias in node.names)
+    return frozenset(m for m in found if (package / f"{m}.py").is_file())
 
 
 def check_unknown_keys(cfg, schema: dict, where: str = "") -> None:
