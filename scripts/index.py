@@ -12,5 +12,9 @@ out = Path(sm.output[0])
 for path in sm.input.runs:  # every run report the table links to must exist
     if not Path(path).exists():
         raise FileNotFoundError(f"run report {path} is missing: rerun the workflow")
-reports.index_html(summary, {"Grid report: the curse of dimensionality": sm.input.grid}, out)
+links = {
+    "Reproduction of the paper: its numbers beside ours": sm.input.reproduction,
+    "Grid report: the curse of dimensionality": sm.input.grid,
+}
+reports.index_html(summary, links, out)
 log.info("wrote %s with %d runs", out, summary.sizes["run"])

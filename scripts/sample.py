@@ -1,5 +1,7 @@
 """Rule `sample`: backward trajectories and clones of one score on one data cell."""
 
+import torch
+
 from diffregimes import generate, store
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, progress_bar, start_log
@@ -26,6 +28,11 @@ with Timer(log, f"sampling {w.score} score, job seed {seed}"):
             seed,
             device,
             progress=lambda _: bar.update(),
+            train_x=torch.as_tensor(train["x"].values, dtype=torch.float32, device=device),
+            class_direction=(
+                torch.as_tensor(train["m"].values, dtype=torch.float32) if "m" in train else None
+            ),
+            budget_bytes=p.budget,
         )
     except FloatingPointError as err:
         fix = (

@@ -124,3 +124,115 @@ def test_every_sampler_runs_an_untrained_unet(sampler):
     torch.testing.assert_close(x, ends[1], rtol=1e-4, atol=1e-4)
     assert abs(float(x.mean())) < 5 / math.sqrt(x.numel())
     assert abs(float(x.var()) - 1) < 0.10
+
+
+# --- The DDPM U-Net (Ho et al. 2020; Biroli, Bonnaire, de Bortoli & Mézard 2024) ----------
+
+
+def n_params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+PAPER = dict(
+    arch="unet",
+    widths=[64, 128, 256, 256],  # base 64, multipliers (1, 2, 4, 4)
+    embedding=64,
+    res_blocks=2,
+    attention=[16, 8],  # the two middle resolutions of 32 → 16 → 8 → 4
+    dropout=0.1,
+)
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected", "rel"),
+    [
+        # Ho et al.'s CIFAR-10 model (base 128, multipliers (1, 2, 2, 2), attention at 16):
+        # 35.7 M in their paper; measured 35,746,307.
+        (dict(PAPER, widths=[128, 256, 256, 256], embedding=128, attention=[16]), 35.7e6, 0.01),
+        # Biroli et al.'s count is 25.7 M; measured 25,636,483 (−0.25 %). With attention at
+        # 16 only it would be 24,318,083 (−5.4 %).
+        (PAPER, 25.7e6, 0.05),
+    ],
+    ids=["ho2020_cifar10", "biroli2024"],
+)
+def test_ddpm_unet_parameter_count_matches_the_papers(arch, expected, rel):
+    net = nets.build_network(arch, 3 * 32 * 32, (3, 32, 32))
+    assert isinstance(net, nets.DDPMUNet)
+    count = n_params(net)
+    assert abs(count / expected - 1) < rel, f"{count:,} parameters, expected {expected:,.0f}"
+
+
+def test_default_unet_is_the_network_it_always_was():
+    """Without res_blocks, attention or dropout, arch 'unet' is the small UNet, with the
+    parameter counts measured before DDPMUNet was added."""
+    for shape, count in [((3, 32, 32), 386_563), ((1, 8, 8), 385_409)]:
+        net = nets.build_network(
+            {"arch": "unet", "widths": [32, 64], "embedding": 64}, math.prod(shape), shape
+        )
+        assert type(net) is nets.UNet and n_params(net) == count
+        assert len(net.state_dict()) == 73
+    net = nets.build_network(unet_cfg(), 64, (1, 8, 8))
+    assert type(net) is nets.UNet and n_params(net) == 96_193
+    for key, value in [("res_blocks", 1), ("attention", [4]), ("dropout", 0.0)]:  # any of them
+        net = nets.build_network(unet_cfg(**{key: value}), 64, (1, 8, 8))
+        assert type(net) is nets.DDPMUNet
+
+
+def small_ddpm(**kw):
+    """Widths 16, 32 with two blocks per level, attention at side 8 and dropout 0.1."""
+    return unet_cfg(**{"res_blocks": 2, "attention": [8], "dropout": 0.1, **kw})
+
+
+def randomise_zero_init(net):
+    """The output conv, the blocks' second convs and the attention projections start at zero
+    (so ε̂ starts as √Δ_t x and dropout has nothing to drop): give them random weights."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return net
+
+
+def test_small_ddpm_unet_runs_and_is_deterministic_in_eval_mode():
+    shape, d = (3, 16, 16), 3 * 16 * 16
+    torch.manual_seed(0)
+    net = nets.build_network(small_ddpm(), d, shape)
+    assert isinstance(net, nets.DDPMUNet) and net.attention == (8,)
+    x, t = torch.randn(4, d), torch.rand(4) + 0.01
+    torch.testing.assert_close(net(x, t), nets.gaussian_eps(x, t))  # zero start, as UNet
+    randomise_zero_init(net)
+    images = x.reshape(4, *shape)
+    assert net(images, t).shape == images.shape
+    out = net(x, t)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, net(x, t))  # training mode: dropout is on
+    net.eval()
+    with torch.no_grad():
+        first = net(x, t)
+        torch.testing.assert_close(net(x, t), first, rtol=0, atol=0)
+    assert not torch.allclose(first, nets.gaussian_eps(x, t))
+
+
+def test_ddpm_unet_save_load_round_trip(tmp_path):
+    shape, d = (3, 16, 16), 3 * 16 * 16
+    cfg = small_ddpm()
+    net = randomise_zero_init(nets.build_network(cfg, d, shape)).eval()
+    path = tmp_path / "final.pt"
+    nets.save_trained(path, net.state_dict(), cfg, d, 7, shape)
+    back = nets.load_trained(path)
+    assert isinstance(back, nets.DDPMUNet) and not back.training
+    assert back.attention == (8,) and back.shape == shape
+    assert all(m.dropout.p == 0.1 for m in back.modules() if isinstance(m, nets.DDPMResBlock))
+    x, t = torch.randn(4, d), torch.rand(4) + 0.01
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t), net(x, t), rtol=0, atol=0)
+
+
+def test_ddpm_unet_refuses_attention_at_a_missing_resolution():
+    with pytest.raises(ValueError, match=r"attention at sides \[12\]"):
+        nets.build_network(small_ddpm(attention=[12]), 256, (1, 16, 16))
+    with pytest.raises(ValueError, match="res_blocks"):
+        nets.build_network(small_ddpm(res_blocks=0), 256, (1, 16, 16))
+    with pytest.raises(ValueError, match="divisible"):
+        nets.build_network(small_ddpm(widths=[16, 16, 16]), 36, (1, 6, 6))

@@ -210,19 +210,52 @@ def side_of(spec: dict, d: int) -> int:
     raise ConfigError("sizes", f"no size gives d={d} (sizes {spec['sizes']})")
 
 
+# Sections a dataset entry may override for its own cells (the paper's figures differ in
+# their time grids and clone counts); none of them is part of the data.
+RUN_SECTIONS = ("time", "sampler", "cloning")
+
+
+def run_settings(cfg: dict, dataset: str, section: str) -> dict:
+    """A top-level section (time, sampler, cloning) as one dataset's cells see it: its own
+    overrides (`datasets.<name>.<section>`) over the top-level values."""
+    return {**cfg[section], **cfg["datasets"][dataset].get(section, {})}
+
+
+def _check_run_sections(cfg: dict, name: str) -> None:
+    own = cfg["datasets"][name]
+    time, cloning = run_settings(cfg, name, "time"), run_settings(cfg, name, "cloning")
+
+    def key(section, k):  # the key to fix: the dataset's override if it set one
+        return f"datasets.{name}.{section}.{k}" if k in own.get(section, {}) else f"{section}.{k}"
+
+    if not time["spacing"].startswith("ddpm_") and time["t_min"] >= time["T"]:
+        raise ConfigError(key("time", "t_min"), f"{time['t_min']} must be below T={time['T']}")
+    if time["saved"] > time["steps"] + 1:
+        raise ConfigError(key("time", "saved"), f"at most steps + 1 = {time['steps'] + 1}")
+    if cloning.get("at"):
+        from .process import clone_indices_from_settings, time_grid
+
+        grid = time_grid(time["T"], time["t_min"], time["steps"], time["spacing"])
+        try:
+            clone_indices_from_settings(grid, cloning, time["T"])
+        except ValueError as err:
+            raise ConfigError(key("cloning", "at"), str(err)) from None
+    elif cloning["t_lo"] >= time["T"]:
+        raise ConfigError(key("cloning", "t_lo"), f"must be below T={time['T']}")
+    if own["kind"] in IMAGE_KINDS and cloning.get("stored_pairs"):
+        raise ConfigError(
+            key("cloning", "stored_pairs"),
+            "image datasets keep every clone end point (the class judge labels them): remove it",
+        )
+
+
 def check(cfg: dict) -> None:
     """Relations between keys (after the schema filled in the defaults)."""
-    time = cfg["time"]
-    if not time["spacing"].startswith("ddpm_") and time["t_min"] >= time["T"]:
-        raise ConfigError("time.t_min", f"t_min={time['t_min']} must be below time.T={time['T']}")
-    if cfg["cloning"]["t_lo"] >= time["T"]:
-        raise ConfigError("cloning.t_lo", f"must be below time.T={time['T']}")
-    if time["saved"] > time["steps"] + 1:
-        raise ConfigError("time.saved", f"at most time.steps + 1 = {time['steps'] + 1}")
     models = cfg.get("models", {})
     known = list(EXACT_SCORES) + list(models)
     for name, ds in cfg["datasets"].items():
         key = f"datasets.{name}"
+        _check_run_sections(cfg, name)
         images = ds["kind"] in IMAGE_KINDS
         for score in ds["scores"]:
             if score not in known:

@@ -63,8 +63,18 @@ def sample_trajectories(
     seed: int,
     device="cpu",
     progress=None,
+    train_x: torch.Tensor | None = None,
+    class_direction: torch.Tensor | None = None,
+    budget_bytes: int = 256 * 2**20,
 ) -> xr.Dataset:
     """Run the sampler and the clones; return the trajectory store's Dataset.
+
+    What is kept scales with what the metrics need, not with d × trajectories: the states at
+    the saved times for the first `samples` trajectories, the clone branch states of the first
+    `pairs` (in host memory only while their clones run), and, for every clone, the nearest
+    training point of its x̂₀ (`clone_nearest`, against `train_x`) and its class sign(m·x̂₀)
+    (`clone_class`, with `class_direction` m); the clone end points themselves for the first
+    `cloning.stored_pairs` pairs (default all).
 
     `progress(n_steps)` is called as integration steps complete (for a progress bar). A NaN or
     inf state raises FloatingPointError naming the step, its times and the run (main or the
@@ -74,6 +84,7 @@ def sample_trajectories(
     name = sampler_cfg["name"]
     samples = sampler_cfg["samples"]
     pairs = clone_cfg["pairs"]
+    stored = min(pairs, clone_cfg.get("stored_pairs") or pairs)
     # Clone pairs branch from the first `pairs` trajectories of the main run, which runs
     # max(samples, pairs) of them; the store keeps the first `samples` in full.
     x_T = samplers.prior_sample(max(samples, pairs), d, gen, device=device)
@@ -81,28 +92,40 @@ def sample_trajectories(
     # A DDPM grid ends, as Ho et al.'s sampler does, with a noisy step to t_1 and the noiseless
     # x̂₀ step (below); other grids drop the noise of their last step (pitfall 1).
     noisy_last = time_cfg["spacing"].startswith("ddpm_")
-    idx = process.clone_indices(grid, clone_cfg["times"], clone_cfg["t_lo"], time_cfg["T"])
-    # One pass saves both the stored times and the clone branch points.
+    idx = process.clone_indices_from_settings(grid, clone_cfg, time_cfg["T"])
+    # One pass saves both the stored times (first `samples` rows) and the clone branch points
+    # (first `pairs` rows).
     union = np.union1d(keep, idx)
+    rows = {int(k): max(samples if k in keep else 0, pairs if k in idx else 0) for k in union}
     t_min = float(grid[-1])
     log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(grid) - 1)
     try:
         end, states = samplers.sample(
-            score_fn, x_T, grid, name, gen, save_idx=union, callback=progress, noisy_last=noisy_last
+            score_fn,
+            x_T,
+            grid,
+            name,
+            gen,
+            save_idx=union,
+            callback=progress,
+            noisy_last=noisy_last,
+            save_rows=rows,
         )
     except FloatingPointError as err:
         raise FloatingPointError(f"{err} in the main run of {len(x_T)} trajectories") from err
-    traj = states[np.searchsorted(union, keep), :samples]
+    at = {int(k): s for k, s in zip(union, states, strict=True)}
+    traj = torch.stack([at[int(k)][:samples] for k in keep])
     x_hat = clean_estimate(score_fn, end[:samples], t_min)
+    del states
 
-    clones, clones_hat = [], []
+    clones, clones_hat, nearest_idx, classes = [], [], [], []
     for j, k in enumerate(idx):
         log.info("cloning %d pairs at t = %.4g (%d/%d)", pairs, grid[k], j + 1, len(idx))
-        start = states[np.searchsorted(union, k), :pairs].to(device)
+        start = at[int(k)][:pairs] if k in keep else at.pop(int(k))  # freed once cloned
         try:
             ends = samplers.clone(
                 score_fn,
-                start,
+                start.to(device),
                 grid,
                 int(k),
                 clone_sampler,
@@ -112,26 +135,44 @@ def sample_trajectories(
             )
         except FloatingPointError as err:  # its steps count from the branch point
             raise FloatingPointError(f"{err} in the clones branched at t = {grid[k]:.6g}") from err
-        clones.append(ends.float().cpu())
         hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min)
-        clones_hat.append(hat.reshape(ends.shape))
+        if train_x is not None:
+            near, cls = clone_observables(hat.to(device), train_x, class_direction, budget_bytes)
+            nearest_idx.append(near.reshape(ends.shape[:2]))
+            if cls is not None:
+                classes.append(cls.reshape(ends.shape[:2]))
+        clones.append(ends[:, :stored].float().cpu())
+        clones_hat.append(hat.reshape(ends.shape)[:, :stored])
     # (clone_time, pair, copy, feature)
     x_clone = torch.stack(clones).permute(0, 2, 1, 3)
     x_hat_clone = torch.stack(clones_hat).permute(0, 2, 1, 3)
 
+    data = {
+        "x": (("sample", "time", "feature"), traj.permute(1, 0, 2).numpy()),
+        "x_hat": (("sample", "feature"), x_hat.numpy()),
+        "x_clone": (("clone_time", "pair", "copy", "feature"), x_clone.numpy()),
+        "x_hat_clone": (("clone_time", "pair", "copy", "feature"), x_hat_clone.numpy()),
+    }
+    # (clone_time, copy, pair) → (clone_time, clone_pair, copy)
+    if nearest_idx:
+        data["clone_nearest"] = (
+            ("clone_time", "clone_pair", "copy"),
+            torch.stack(nearest_idx).permute(0, 2, 1).numpy(),
+        )
+    if classes:
+        data["clone_class"] = (
+            ("clone_time", "clone_pair", "copy"),
+            torch.stack(classes).permute(0, 2, 1).numpy().astype(np.int8),
+        )
     ds = xr.Dataset(
-        {
-            "x": (("sample", "time", "feature"), traj.permute(1, 0, 2).numpy()),
-            "x_hat": (("sample", "feature"), x_hat.numpy()),
-            "x_clone": (("clone_time", "pair", "copy", "feature"), x_clone.numpy()),
-            "x_hat_clone": (("clone_time", "pair", "copy", "feature"), x_hat_clone.numpy()),
-        },
+        data,
         coords={
             "sample": np.arange(samples),
             "time": grid[keep],
             "feature": np.arange(d),
             "clone_time": grid[idx],
-            "pair": np.arange(pairs),
+            "pair": np.arange(stored),
+            "clone_pair": np.arange(pairs),
             "copy": np.arange(2),
         },
     )
@@ -142,8 +183,16 @@ def sample_trajectories(
         "the generated sample: Tweedie estimate x̂₀ = (x + Δ s(x, t_min)) e^{t_min} of the end "
         "state (SCIENCE.md §5)"
     )
-    ds["x_clone"].attrs["description"] = "end states x(t_min) of the clones"
-    ds["x_hat_clone"].attrs["description"] = "Tweedie estimate x̂₀ of each clone's end state"
+    ds["x_clone"].attrs["description"] = (
+        f"end states x(t_min) of the clones of the first {stored} of {pairs} pairs"
+    )
+    ds["x_hat_clone"].attrs["description"] = "Tweedie estimate x̂₀ of each stored clone's end"
+    if nearest_idx:
+        ds["clone_nearest"].attrs["description"] = (
+            "index of the training point nearest to each clone's x̂₀ (every pair)"
+        )
+    if classes:
+        ds["clone_class"].attrs["description"] = "class sign(m·x̂₀) > 0 of each clone (every pair)"
     ds.attrs.update(
         sampler=name,
         clone_sampler=clone_sampler,
@@ -152,6 +201,17 @@ def sample_trajectories(
         settings={"time": time_cfg, "sampler": sampler_cfg, "cloning": clone_cfg},
     )
     return ds
+
+
+def clone_observables(x_hat: torch.Tensor, train_x: torch.Tensor, m, budget_bytes: int):
+    """(nearest training index, class sign(m·x) > 0 or None) of generated points x̂₀: what
+    φ_C and φ need of a clone, so that its end point need not be stored."""
+    from .neighbours import nearest
+
+    x_hat = x_hat.to(train_x.device, train_x.dtype)
+    idx = nearest(x_hat, train_x, k=1, budget_bytes=budget_bytes)[1][:, 0].cpu()
+    cls = None if m is None else (x_hat @ m.to(x_hat) > 0).long().cpu()
+    return idx, cls
 
 
 def clean_estimate(score_fn, x: torch.Tensor, t: float, batch: int = 4096) -> torch.Tensor:
@@ -165,5 +225,5 @@ def clean_estimate(score_fn, x: torch.Tensor, t: float, batch: int = 4096) -> to
 def planned_steps(time_cfg: dict, clone_cfg: dict) -> int:
     """Integration steps one sampling job takes (main run plus every clone run), for a bar."""
     grid, _ = process.grid_from_settings(time_cfg)
-    idx = process.clone_indices(grid, clone_cfg["times"], clone_cfg["t_lo"], time_cfg["T"])
+    idx = process.clone_indices_from_settings(grid, clone_cfg, time_cfg["T"])
     return (len(grid) - 1) + int(sum(len(grid) - 1 - k for k in idx))

@@ -135,6 +135,27 @@ def clone_indices(grid, count: int, t_lo: float | None = None, t_hi: float | Non
     return np.unique(idx)
 
 
+def clone_indices_from_settings(grid, clone_cfg: dict, T: float):
+    """Indices of the clone times of a `cloning` config section: the explicit OU times `at`
+    (each must lie on the grid, as 1, 1.5, …, 10 do on a uniform dt = 0.01 grid from T = 10),
+    else `times` of them spread evenly over [t_lo, T]."""
+    grid = np.asarray(grid)
+    at = clone_cfg.get("at")
+    if not at:
+        return clone_indices(grid, clone_cfg["times"], clone_cfg["t_lo"], T)
+    at = np.asarray(at, dtype=np.float64)
+    idx = np.abs(grid[None, :-1] - at[:, None]).argmin(axis=1)
+    off = np.abs(grid[idx] - at) > 1e-6 * np.maximum(1.0, at)
+    if off.any():
+        t = float(at[off][0])
+        near = float(grid[idx[off][0]])
+        raise ValueError(
+            f"cloning.at: {t:g} is not a time of the integration grid (nearest {near:.6g}); "
+            "choose time.T, time.steps and time.spacing so that it is, or drop cloning.at"
+        )
+    return np.unique(idx)
+
+
 def grid_from_settings(time_cfg: dict):
     """(integration grid, saved indices) from the workflow's `time` config section."""
     grid = time_grid(time_cfg["T"], time_cfg["t_min"], time_cfg["steps"], time_cfg["spacing"])

@@ -40,6 +40,31 @@ def _classify(train: xr.Dataset, x: torch.Tensor, judge=None):
     return None
 
 
+def _clone_labels(traj: xr.Dataset, train: xr.Dataset, a, judge, budget: int, device):
+    """(nearest training index, class or None) of every clone's x̂₀, shaped (clone_time, pair,
+    copy): as the sample job recorded them for every pair (`clone_nearest`, `clone_class`), or
+    from the stored end points `x_hat_clone`; a class judge (images) labels the end points."""
+    if "clone_nearest" in traj:
+        cidx = traj["clone_nearest"].values
+        if judge is None and "clone_class" in traj:
+            return cidx, traj["clone_class"].values.astype(np.int64)
+        if judge is None and "m" not in train:
+            return cidx, None
+        if traj.sizes["pair"] < traj.sizes["clone_pair"]:
+            raise ValueError(
+                f"the class judge needs every clone end point, but the trajectory store keeps "
+                f"{traj.sizes['pair']} of {traj.sizes['clone_pair']} pairs: remove "
+                "cloning.stored_pairs for this dataset and rerun"
+            )
+    xc = torch.as_tensor(traj["x_hat_clone"].values, device=device)  # (clone_time, pair, 2, f)
+    flat = xc.reshape(-1, xc.shape[-1])
+    if "clone_nearest" not in traj:
+        cidx = nearest(flat, a, k=1, budget_bytes=budget)[1][:, 0].reshape(xc.shape[:3])
+        cidx = cidx.cpu().numpy()
+    labels = _classify(train, flat.cpu(), judge)
+    return cidx, None if labels is None else labels.numpy().reshape(xc.shape[:3])
+
+
 def _no_classes_reason(train: xr.Dataset, judge_reason: str | None) -> str:
     if judge_reason:
         return judge_reason
@@ -125,15 +150,11 @@ def run_metrics(
     )
 
     # Clones: same class (φ) and same nearest training point (φ_C), both on x̂₀.
-    xc = torch.as_tensor(traj["x_hat_clone"].values, device=device)  # (clone_time, pair, 2, f)
-    ct, pairs = xc.shape[:2]
-    flat = xc.reshape(-1, xc.shape[-1])
-    _, cidx = nearest(flat, a, k=1, budget_bytes=budget)
-    cidx = cidx[:, 0].reshape(ct, pairs, 2).cpu().numpy()
+    cidx, labels = _clone_labels(traj, train, a, judge, budget, device)
+    ct, pairs = cidx.shape[:2]
     phi_train, phi_train_se = metrics.same_nearest_fraction(cidx[..., 0], cidx[..., 1])
     clone_times = traj["clone_time"].values
 
-    labels = _classify(train, flat.cpu(), judge)
     spec = law(train)
     phi_limit = _phi_limit(train) if labels is not None else np.nan
     nan_ct = np.full(ct, np.nan)
@@ -142,7 +163,7 @@ def run_metrics(
     threshold = float("nan")
     correction_reason = None
     if labels is not None:
-        labels = labels.reshape(ct, pairs, 2).numpy()
+        labels = np.asarray(labels).reshape(ct, pairs, 2)
         phi_raw, phi_raw_se = metrics.same_class_fraction(labels[..., 0], labels[..., 1])
         same = labels[..., 0] == labels[..., 1]
         threshold = speciation_threshold(phi_limit)

@@ -149,11 +149,14 @@ def sample(
     callback: Callable[[int], None] | None = None,
     check_every: int | None = None,
     noisy_last: bool = False,
+    save_rows: dict[int, int] | None = None,
 ):
     """Integrate from x at times[0] down the descending grid `times` to times[-1].
 
     Returns the final state and, if `save_idx` is given, a float32 CPU tensor
-    (len(save_idx), batch, d) of the states at those grid indices.
+    (len(save_idx), batch, d) of the states at those grid indices. With `save_rows`
+    ({grid index: rows}) only the first rows of the batch are kept at each saved index and the
+    states come back as a list (host memory then grows with what is kept, not with the batch).
 
     The last step adds no noise (pitfall 1) unless `noisy_last`: on a DDPM grid, whose last
     time t_1 is one DDPM step above 0, Ho et al.'s step t_2 → t_1 is noisy and their final step
@@ -172,8 +175,13 @@ def sample(
         check_every = 8 if x.device.type == "cpu" else 32
     state = None
     finite = (0, x, state, _rng_state(generator))  # the last state known to be finite
+
+    def keep(k, x):
+        rows = x.shape[0] if save_rows is None else save_rows.get(k, x.shape[0])
+        saved.append(x[:rows].float().cpu())
+
     if 0 in where:
-        saved.append(x.float().cpu())
+        keep(0, x)
     for k in range(len(times) - 1):
         last = k == len(times) - 2
         x, state = step(score, x, times[k], times[k + 1], generator, state, last and not noisy_last)
@@ -182,9 +190,11 @@ def sample(
                 raise _locate(score, sampler, times, finite, generator, k + 1, noisy_last)
             finite = (k + 1, x, state, _rng_state(generator))
         if k + 1 in where:
-            saved.append(x.float().cpu())
+            keep(k + 1, x)
         if callback is not None:
             callback(k + 1)
+    if save_rows is not None:
+        return x, saved
     traj = torch.stack(saved) if saved else None
     return x, traj
 

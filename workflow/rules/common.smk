@@ -89,7 +89,15 @@ def get_dataset(w):
 # The keys of a dataset entry that make its grid, not its data: adding an n or a score does
 # not rerun the cells that exist already. Every other key (the schema fills only the entry's
 # own kind's defaults) defines the data.
-GRID_KEYS = ("d", "n", "sizes", "scores", "skip_if_missing")
+GRID_KEYS = (
+    "d",
+    "n",
+    "sizes",
+    "scores",
+    "skip_if_missing",
+    "entropy_samples",
+    *config_checks.RUN_SECTIONS,
+)
 
 
 def canonical(value):
@@ -97,6 +105,19 @@ def canonical(value):
     if isinstance(value, dict):
         return {k: canonical(value[k]) for k in sorted(value)}
     return value
+
+
+# The paper's numbers the reproduction report compares against (one entry per number).
+REFERENCE = f"{workflow.basedir}/workflow/reference/paper.yaml"
+
+
+def get_laws():
+    """Every dataset's law and settings (name → entry without its grid lists): the
+    reproduction selects the runs that measure a paper's number by these."""
+    return {
+        name: canonical({k: v for k, v in spec.items() if k not in GRID_KEYS})
+        for name, spec in config["datasets"].items()
+    }
 
 
 def get_dataset_spec(w):
@@ -170,18 +191,40 @@ def get_model_cfg(w):
     return canonical(config["models"][w.model])
 
 
-def get_training_time():
+def run_section(w, name):
+    """A section (time, sampler, cloning) as this dataset's cells see it: the dataset's own
+    overrides over the top-level values."""
+    return canonical(config_checks.run_settings(config, w.dataset, name))
+
+
+def get_time(w):
+    return run_section(w, "time")
+
+
+def get_sampler(w):
+    return run_section(w, "sampler")
+
+
+def get_training_time(w):
     """The time span training draws t from (T, t_min): the saved times or the grid's step
     count do not change a model, so they do not retrain it."""
-    return {k: config["time"][k] for k in ("T", "t_min")}
+    return {k: run_section(w, "time")[k] for k in ("T", "t_min")}
 
 
 def get_cloning(w):
     """The cloning settings of one score: `exact_pairs` pairs for the exact scores (cheap, so
     many: the SE of t_S falls like 1/√pairs), `pairs` for a learned one."""
-    cfg = config["cloning"]
+    cfg = run_section(w, "cloning")
     pairs = cfg["exact_pairs"] if w.score in EXACT_SCORES else cfg["pairs"]
-    return {"times": cfg["times"], "t_lo": cfg["t_lo"], "pairs": pairs}
+    out = {"times": cfg["times"], "t_lo": cfg["t_lo"], "pairs": pairs}
+    out.update({k: cfg[k] for k in ("at", "stored_pairs") if cfg.get(k)})
+    return out
+
+
+def get_entropy_samples(w):
+    """Monte Carlo samples per time of f^e: the dataset's own, else metrics.entropy_samples."""
+    own = get_dataset(w).get("entropy_samples")
+    return own or config["metrics"]["entropy_samples"]
 
 
 def budget_bytes():

@@ -18,8 +18,8 @@ rule theory:
         mem_mb=4000,
         runtime=30,
     params:
-        time=section("time"),
-        entropy_samples=config["metrics"]["entropy_samples"],
+        time=get_time,
+        entropy_samples=get_entropy_samples,
         entropy_collapse_fraction=config["metrics"]["entropy_collapse_fraction"],
         entropy_zero_se=config["metrics"]["entropy_zero_se"],
         bootstrap=config["metrics"]["bootstrap"],

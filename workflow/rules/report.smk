@@ -56,10 +56,59 @@ rule report_summary:
         "../../scripts/report.py"
 
 
+rule reproduction:
+    input:
+        summary="results/summary.zarr",
+        reference=REFERENCE,
+        code=code("reproduction"),
+    output:
+        "results/reproduction/comparison.csv",
+    log:
+        "results/logs/reproduction.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        laws=get_laws(),
+    script:
+        "../../scripts/reproduction.py"
+
+
+rule report_reproduction:
+    input:
+        comparison="results/reproduction/comparison.csv",
+        summary="results/summary.zarr",
+        reference=REFERENCE,
+        notebook=f"{workflow.basedir}/workflow/notebooks/reproduction.ipynb",
+        code=code("report_reproduction", "reproduction"),
+    output:
+        notebook="results/reports/reproduction.ipynb",
+        html=report(
+            "results/reports/reproduction.html",
+            caption="../report/reproduction.rst",
+            category="Grid",
+            labels={"report": "reproduction of the paper"},
+        ),
+    log:
+        "results/logs/report/reproduction.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/report_reproduction.py"
+
+
 rule index:
     input:
         summary="results/summary.zarr",
         grid="results/reports/summary.html",
+        reproduction="results/reports/reproduction.html",
         runs=run_reports(),
         thumbnails=run_reports("png"),
         code=code("index"),

@@ -20,8 +20,8 @@ rule sample:
         mem_mb=4000,
         runtime=60,
     params:
-        time=section("time"),
-        sampler=section("sampler"),
+        time=get_time,
+        sampler=get_sampler,
         cloning=get_cloning,
         budget=budget_bytes(),
     script:

@@ -21,7 +21,7 @@ rule train:
         runtime=240,
     params:
         model=get_model_cfg,
-        time=get_training_time(),
+        time=get_training_time,
     script:
         "../../scripts/train.py"
 
@@ -48,7 +48,7 @@ rule training_axis:
     params:
         model=get_model_cfg,
         axis=section("training_axis"),
-        time=section("time"),
+        time=get_time,
         budget=budget_bytes(),
     script:
         "../../scripts/training_axis.py"

@@ -1,0 +1,328 @@
+"""Rule `reproduction`: the paper's numbers beside the ones this grid measured.
+
+Each entry of the reference file (workflow/reference/paper.yaml) names a number of the paper,
+the runs that measure it (`select`: dataset kind, law keys, d, n, score) and how it is read
+off their metrics (`measure`, one of MEASURES). The comparison has one row per entry, in the
+file's order: `figure, quantity, setting, paper, measured, se, deviation_se, agrees` and then
+`criterion, paper_se, runs, source, note`. Nothing vanishes: a number whose runs are not in
+this grid (a bring-your-own set that is absent, a d beyond this config) is a row that says so.
+
+Agreement, said per row in `criterion`:
+- a sampled number: |measured − paper| ≤ 3 SE, SE = √(se² + paper_se²), with paper_se the
+  paper's own uncertainty where it is known (PAPER.md) and its rounding otherwise;
+- a closed form the code computes: |measured − paper| ≤ tolerance (the paper's rounding);
+- φ against its closed form: a χ² over every clone time (the paper's "within 0.015" bound is a
+  statement about 10⁴ pairs, not a test).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import yaml
+from scipy import stats
+
+from . import process, theory
+
+COLUMNS = [
+    "figure",
+    "quantity",
+    "setting",
+    "paper",
+    "measured",
+    "se",
+    "deviation_se",
+    "agrees",
+    "criterion",
+    "paper_se",
+    "runs",
+    "source",
+    "note",
+]
+Z = 3.0  # agreement: within 3 SE
+LAW_KEYS = ("kind", "mu", "sigma")  # select keys read from a dataset's config entry
+RUN_KEYS = ("d", "n", "score", "dataset")  # select keys read from the run
+
+
+def load_reference(path: str | Path) -> list[dict]:
+    """The reference entries, checked: each needs figure, quantity, setting, paper, source and
+    a known measure; a bad entry is an error naming its position and key."""
+    with open(path) as f:
+        entries = yaml.safe_load(f) or []
+    for i, entry in enumerate(entries):
+        where = f"{path}: entry {i + 1} ({entry.get('figure')}, {entry.get('quantity')})"
+        for key in ("figure", "quantity", "setting", "paper", "source", "measure"):
+            if key not in entry:
+                raise ValueError(f"{where}: missing key '{key}'")
+        if entry["measure"] not in MEASURES:
+            raise ValueError(
+                f"{where}: unknown measure '{entry['measure']}' (known: {', '.join(MEASURES)})"
+            )
+        unknown = set(entry.get("select", {})) - set(LAW_KEYS) - set(RUN_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown select keys {sorted(unknown)}")
+    return entries
+
+
+def select_runs(summary: xr.Dataset, laws: dict[str, dict], select: dict) -> xr.Dataset:
+    """The runs of `summary` whose dataset law (`laws`: dataset name → its config entry) and
+    run keys match every key of `select` (numbers compared to 1e-9)."""
+
+    def same(a, b):
+        if isinstance(b, int | float) and not isinstance(b, bool):
+            try:
+                return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+            except (TypeError, ValueError):
+                return False
+        return str(a) == str(b)
+
+    keep = []
+    for i in range(summary.sizes["run"]):
+        run = summary.isel(run=i)
+        law = laws.get(str(run["dataset"].item()), {})
+        ok = all(
+            same(law.get(k), v) if k in LAW_KEYS else same(run[k].item(), v)
+            for k, v in select.items()
+        )
+        if ok:
+            keep.append(i)
+    return summary.isel(run=keep)
+
+
+# --- measures: (run: one run of the summary, entry) → (measured, se[, verdict]) --------------
+
+
+def _scalar(run, name):
+    return float(run[name]) if name in run else float("nan")
+
+
+def _at(run, var, coord, t):
+    """`var` at the coordinate value nearest `t`, which must be within 1e-3 of it."""
+    c = run[coord].values
+    finite = np.isfinite(run[var].values)
+    if not finite.any():
+        return float("nan"), float("nan")
+    i = int(np.nanargmin(np.where(finite, np.abs(c - t), np.inf)))
+    if abs(c[i] - t) > 1e-3 * max(1.0, abs(t)):
+        raise LookupError(f"no {coord} at {t:g} in this run (nearest {c[i]:.4g})")
+    se = run[f"{var}_se"].values[i] if f"{var}_se" in run else float("nan")
+    return float(run[var].values[i]), float(se)
+
+
+def t_S_ratio(run, entry):
+    """t_S measured over the paper's t_S = ½ log Λ of the law (Λ = σ² + |m|²)."""
+    ref = 0.5 * math.log(_scalar(run, "Lambda_population"))
+    return _scalar(run, "t_S_measured") / ref, _scalar(run, "t_S_measured_se") / ref
+
+
+def phi_at(run, entry):
+    return _at(run, "phi_class", "clone_time", float(entry["at"]))
+
+
+def phi_at_crossing(run, entry):
+    """The GMM's φ where c_t²/Γ_t = 1 (SCIENCE.md §3), from the closed form."""
+    return float(theory.phi_gmm(1.0)), 0.0
+
+
+def phi_chi2(run, entry):
+    """max |φ − φ_theory| over clone times; agreement by χ² of (φ − φ_theory)/SE."""
+    phi, th, se = (run[v].values for v in ("phi_class", "phi_theory", "phi_class_se"))
+    ok = np.isfinite(phi) & np.isfinite(th) & (se > 0)
+    if not ok.any():
+        return float("nan"), float("nan")
+    dev = np.abs(phi - th)[ok]
+    i = int(np.argmax(dev))
+    chi2 = float((((phi - th) / se)[ok] ** 2).sum())
+    p = float(stats.chi2.sf(chi2, ok.sum()))
+    verdict = (
+        p > 2 * stats.norm.sf(Z),
+        f"χ² = {chi2:.1f} over {ok.sum()} clone times, p = {p:.3g} (agrees if p > 0.0027, "
+        "the 3 SE level); the paper's 0.015 bound is for 10⁴ pairs",
+        float(np.max(np.abs((phi - th) / se)[ok])),
+    )
+    return float(dev[i]), float(se[ok][i]), verdict
+
+
+def alpha(run, entry):
+    return _scalar(run, "alpha"), 0.0
+
+
+def t_C_theory(run, entry):
+    return _scalar(run, "t_C_theory"), 0.0
+
+
+def f_over_alpha(run, entry):
+    a = _scalar(run, "alpha")
+    f, se = _at(run, "f_excess", "time", float(entry["at"]))
+    return f / a, se / a
+
+
+def f_theory_over_alpha(run, entry):
+    return _at(run, "f_theory", "time", float(entry["at"]))[0] / _scalar(run, "alpha"), 0.0
+
+
+def t_C_mean(run, entry):
+    return _scalar(run, "t_C_measured"), _scalar(run, "t_C_measured_se")
+
+
+def f_crossing(run, entry):
+    """Largest t where f^e/α falls through the level `at` (linear interpolation); its SE from
+    the Monte Carlo SE of f^e at the crossing over the local slope."""
+    a = _scalar(run, "alpha")
+    t, f = run["time"].values, run["f_excess"].values / a
+    se = run["f_excess_se"].values / a
+    order = np.argsort(t)[::-1]  # descending t
+    t, f, se = t[order], f[order], se[order]
+    level = float(entry["at"])
+    for i in range(len(t) - 1):
+        if f[i] >= level > f[i + 1]:
+            w = (f[i] - level) / (f[i] - f[i + 1])
+            slope = (f[i] - f[i + 1]) / (t[i] - t[i + 1])
+            return float(t[i] + w * (t[i + 1] - t[i])), float(max(se[i], se[i + 1]) / slope)
+    return float("nan"), float("nan")
+
+
+def Lambda(run, entry):  # noqa: N802 (the paper's symbol)
+    return _scalar(run, "Lambda"), 0.0
+
+
+def t_S_theory(run, entry):
+    return _scalar(run, "t_S_theory"), 0.0
+
+
+def t_S_ddpm(run, entry):
+    return _scalar(run, "t_S_ddpm"), 0.0
+
+
+def t_S_measured(run, entry):
+    return _scalar(run, "t_S_measured"), _scalar(run, "t_S_measured_se")
+
+
+def k_over_k_S(run, entry):  # noqa: N802
+    """Measured t_S as a step of the linear 1000-step DDPM schedule over k_S, SE by the local
+    slope dk/dt of the schedule."""
+    tk = process.step_to_time(process.alphas_bar("linear", 1000))
+    t, se, k_s = (_scalar(run, v) for v in ("t_S_measured", "t_S_measured_se", "k_S_ddpm"))
+    k = np.interp([t - 0.01, t, t + 0.01], tk, np.arange(tk.size), left=np.nan, right=np.nan)
+    return float(k[1] / k_s), float((k[2] - k[0]) / 0.02 * se / k_s)
+
+
+MEASURES = {
+    f.__name__: f
+    for f in (
+        t_S_ratio,
+        phi_at,
+        phi_at_crossing,
+        phi_chi2,
+        alpha,
+        t_C_theory,
+        f_over_alpha,
+        f_theory_over_alpha,
+        t_C_mean,
+        f_crossing,
+        Lambda,
+        t_S_theory,
+        t_S_ddpm,
+        t_S_measured,
+        k_over_k_S,
+    )
+}
+NEEDS_NO_RUN = ("phi_at_crossing",)
+
+
+def rounding_se(value: float) -> float:
+    """The SD of the rounding error of a printed number: half a unit of its last digit over √3
+    (uniform), read from the shortest decimal repr of the value."""
+    text = repr(float(value))
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
+    return 0.5 * 10.0**-decimals / math.sqrt(3)
+
+
+def _combine(values):
+    """Runs measuring one number (several seeds): the inverse-variance mean and its SE, or the
+    plain mean for numbers without sampling error."""
+    v = np.array([x[0] for x in values], dtype=float)
+    s = np.array([x[1] for x in values], dtype=float)
+    if len(v) == 1:
+        return v[0], s[0]
+    if np.all(np.isfinite(s)) and np.all(s > 0):
+        w = 1 / s**2
+        return float((w * v).sum() / w.sum()), float(1 / math.sqrt(w.sum()))
+    return float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(len(v)))
+
+
+def _describe_select(select: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in select.items()) or "any run"
+
+
+def compare(summary: xr.Dataset | None, laws: dict[str, dict], entries: list[dict]) -> pd.DataFrame:
+    """One row per reference entry (see the module docstring)."""
+    rows = []
+    for entry in entries:
+        row = {c: None for c in COLUMNS}
+        row.update({k: entry[k] for k in ("figure", "quantity", "setting", "source")})
+        paper = entry["paper"]
+        row["paper"] = float("nan") if paper is None else float(paper)
+        select = entry.get("select", {})
+        measure = MEASURES[entry["measure"]]
+        values, verdict, note = [], None, ""
+        if entry["measure"] in NEEDS_NO_RUN:
+            values, runs = [measure(None, entry)], "closed form"
+        else:
+            runs_ds = select_runs(summary, laws, select) if summary is not None else None
+            n_runs = 0 if runs_ds is None else runs_ds.sizes["run"]
+            runs = f"{n_runs} run(s): {_describe_select(select)}"
+            for i in range(n_runs):
+                try:
+                    out = measure(runs_ds.isel(run=i), entry)
+                except LookupError as err:
+                    note = str(err)
+                    continue
+                values.append(out[:2])
+                if len(out) == 3:
+                    verdict = out[2]
+        row["runs"] = runs
+        if not values:
+            row.update(measured=np.nan, se=np.nan, deviation_se=np.nan, agrees="absent")
+            row["note"] = note or (
+                f"no run of this grid matches {_describe_select(select)}: add those cells "
+                "(config/reproduce.yaml has them; bring-your-own sets need their path)"
+            )
+            row["criterion"] = ""
+            rows.append(row)
+            continue
+        measured, se = _combine(values)
+        row["measured"], row["se"] = measured, se
+        paper_se = entry.get("paper_se")
+        if paper_se is None and paper is not None and "tolerance" not in entry:
+            paper_se = rounding_se(paper)
+        row["paper_se"] = float("nan") if paper_se is None else float(paper_se)
+        if paper is None:
+            row.update(deviation_se=np.nan, agrees="n/a", criterion="extension: no paper number")
+        elif not np.isfinite(measured):
+            row.update(deviation_se=np.nan, agrees="no", criterion="")
+            row["note"] = "the measurement is undefined in these runs (NaN): see their metrics"
+        elif "tolerance" in entry:
+            tol = float(entry["tolerance"])
+            row["deviation_se"] = (measured - paper) / se if se > 0 else np.nan
+            row["agrees"] = "yes" if abs(measured - paper) <= tol else "no"
+            row["criterion"] = f"|measured − paper| ≤ {tol:g} (closed form; the paper's rounding)"
+        else:
+            total = math.hypot(se, row["paper_se"]) if np.isfinite(se) else np.nan
+            row["deviation_se"] = (measured - paper) / total if total > 0 else np.nan
+            if verdict is not None:  # deviation_se: the largest |φ − φ_theory|/SE
+                row["agrees"] = "yes" if verdict[0] else "no"
+                row["criterion"], row["deviation_se"] = verdict[1], verdict[2]
+            else:
+                row["agrees"] = "yes" if abs(row["deviation_se"]) <= Z else "no"
+                row["criterion"] = (
+                    f"|deviation| ≤ {Z:g} SE, SE = √(se² + paper_se²) "
+                    f"(paper_se: {entry.get('paper_se_source', 'rounding')})"
+                )
+        row["note"] = row["note"] or note
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
