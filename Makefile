@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint dry-run bench report chromium fashion-mnist clean
+.PHONY: run reproduce test lint dry-run bench report chromium fashion-mnist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ run: $(VENV)/.installed fashion-mnist
 	$(BIN)/snakemake --cores $(CORES)
 	@echo
 	@echo "Results: open file://$(CURDIR)/results/index.html"
+
+# The CPU-feasible part of the paper at its sizes (config/reproduce.yaml), in its own working
+# directory reproduce/ so that it and `make run` never touch each other's results.
+reproduce: $(VENV)/.installed fashion-mnist
+	$(BIN)/snakemake --snakefile $(CURDIR)/Snakefile --directory $(CURDIR)/reproduce \
+	  --configfile $(CURDIR)/config/reproduce.yaml --cores $(CORES)
+	@echo
+	@echo "Comparison: $(CURDIR)/reproduce/results/reproduction/comparison.csv"
+	@echo "Reproduction report: open file://$(CURDIR)/reproduce/results/reports/reproduction.html"
 
 # A self-contained Snakemake report (every figure and report, with captions) after `make run`.
 report: $(VENV)/.installed

@@ -118,6 +118,9 @@ def sample_trajectories(
     x_hat = clean_estimate(score_fn, end[:samples], t_min)
     del states
 
+    # With a stochastic sampler the main run's own continuation from a branch point is a clone
+    # already (independent noise from the same state): one new copy per pair, half the cost.
+    reuse_parent = clone_sampler == name
     clones, clones_hat, nearest_idx, classes = [], [], [], []
     for j, k in enumerate(idx):
         log.info("cloning %d pairs at t = %.4g (%d/%d)", pairs, grid[k], j + 1, len(idx))
@@ -130,11 +133,14 @@ def sample_trajectories(
                 int(k),
                 clone_sampler,
                 gen,
+                copies=1 if reuse_parent else 2,
                 callback=progress,
                 noisy_last=noisy_last,
             )
         except FloatingPointError as err:  # its steps count from the branch point
             raise FloatingPointError(f"{err} in the clones branched at t = {grid[k]:.6g}") from err
+        if reuse_parent:  # copy 0: the parent's own continuation, by the same sampler
+            ends = torch.cat([end[:pairs].unsqueeze(0).to(ends), ends])
         hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min)
         if train_x is not None:
             near, cls = clone_observables(hat.to(device), train_x, class_direction, budget_bytes)
@@ -196,6 +202,9 @@ def sample_trajectories(
     ds.attrs.update(
         sampler=name,
         clone_sampler=clone_sampler,
+        clone_copy0=(
+            "the parent's own continuation (the main run)" if reuse_parent else "a new clone"
+        ),
         seed_job=int(seed),
         device=str(device),
         settings={"time": time_cfg, "sampler": sampler_cfg, "cloning": clone_cfg},
@@ -226,4 +235,4 @@ def planned_steps(time_cfg: dict, clone_cfg: dict) -> int:
     """Integration steps one sampling job takes (main run plus every clone run), for a bar."""
     grid, _ = process.grid_from_settings(time_cfg)
     idx = process.clone_indices_from_settings(grid, clone_cfg, time_cfg["T"])
-    return (len(grid) - 1) + int(sum(len(grid) - 1 - k for k in idx))
+    return (len(grid) - 1) + int(sum(len(grid) - 1 - k for k in idx))  # one bar tick a batch

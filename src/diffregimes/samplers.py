@@ -42,9 +42,11 @@ def euler_maruyama(score, x, t, t_next, generator, state, last):
 
     x_{t−h} = x_t + h [x_t + 2 s(x_t, t)] + √(2h) ξ."""
     h = t - t_next
-    x_next = x + h * (x + 2 * score(x, t))
+    # In place on one new tensor: a step at large (batch, d) is memory-bound, and each
+    # temporary is a pass over the batch.
+    x_next = torch.add(x, score(x, t), alpha=2 * h).add_(x, alpha=h)
     if not last:
-        x_next = x_next + math.sqrt(2 * h) * _noise(x, generator)
+        x_next.add_(_noise(x, generator), alpha=math.sqrt(2 * h))
     return x_next, state
 
 

@@ -36,7 +36,9 @@ class GMMScore:
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         g = self.gamma(t)
-        return (-x + math.exp(-t) * torch.tanh(self._field(x, t))[:, None] * self.m) / g
+        # one (batch, d) pass for the rank-one term, one for −x, one for 1/Γ_t
+        pull = torch.tanh(self._field(x, t)) * math.exp(-t)
+        return torch.outer(pull, self.m).sub_(x).div_(g)
 
     def class_posterior(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """p_+(x) = ½[1 + tanh(e^{−t} m·x / Γ_t)]."""
