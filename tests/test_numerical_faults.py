@@ -53,10 +53,11 @@ def test_tested_runs_draw_the_same_numbers():
 
 
 def test_nan_in_a_clone_run_names_the_branch_time():
-    """Clone runs have their own batch (2 × pairs): poison only those below t = 0.5."""
+    """Clone runs have their own batch (one new copy of each of the 4 pairs, the parent's own
+    continuation being the other): poison only those below t = 0.5."""
 
     def score(x, t):
-        return torch.full_like(x, float("nan")) if len(x) == 8 and t < 0.5 else -x
+        return torch.full_like(x, float("nan")) if len(x) == 4 and t < 0.5 else -x
 
     time_cfg = {"T": 4.0, "t_min": 1e-3, "steps": 40, "saved": 10, "spacing": "log_snr"}
     clone_cfg = {"times": 3, "pairs": 4, "t_lo": 0.05}

@@ -70,11 +70,11 @@ def sample_trajectories(
     """Run the sampler and the clones; return the trajectory store's Dataset.
 
     What is kept scales with what the metrics need, not with d × trajectories: the states at
-    the saved times for the first `samples` trajectories, the clone branch states of the first
-    `pairs` (in host memory only while their clones run), and, for every clone, the nearest
-    training point of its x̂₀ (`clone_nearest`, against `train_x`) and its class sign(m·x̂₀)
-    (`clone_class`, with `class_direction` m); the clone end points themselves for the first
-    `cloning.stored_pairs` pairs (default all).
+    the saved times for the first `samples` trajectories; the clones of each branch time run
+    while the main run waits there (host memory holds one clone batch at a time); for every
+    clone, the nearest training point of its x̂₀ (`clone_nearest`, against `train_x`) and
+    its class sign(m·x̂₀) (`clone_class`, with `class_direction` m); the clone end points
+    themselves for the first `cloning.stored_pairs` pairs (default all).
 
     `progress(n_steps)` is called as integration steps complete (for a progress bar). A NaN or
     inf state raises FloatingPointError naming the step, its times and the run (main or the
@@ -93,42 +93,32 @@ def sample_trajectories(
     # x̂₀ step (below); other grids drop the noise of their last step (pitfall 1).
     noisy_last = time_cfg["spacing"].startswith("ddpm_")
     idx = process.clone_indices_from_settings(grid, clone_cfg, time_cfg["T"])
-    # One pass saves both the stored times (first `samples` rows) and the clone branch points
-    # (first `pairs` rows).
-    union = np.union1d(keep, idx)
-    rows = {int(k): max(samples if k in keep else 0, pairs if k in idx else 0) for k in union}
+    keep_at, clone_at = {int(k) for k in keep}, {int(k) for k in idx}
     t_min = float(grid[-1])
-    log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(grid) - 1)
-    try:
-        end, states = samplers.sample(
-            score_fn,
-            x_T,
-            grid,
-            name,
-            gen,
-            save_idx=union,
-            callback=progress,
-            noisy_last=noisy_last,
-            save_rows=rows,
-        )
-    except FloatingPointError as err:
-        raise FloatingPointError(f"{err} in the main run of {len(x_T)} trajectories") from err
-    at = {int(k): s for k, s in zip(union, states, strict=True)}
-    traj = torch.stack([at[int(k)][:samples] for k in keep])
-    x_hat = clean_estimate(score_fn, end[:samples], t_min)
-    del states
-
     # With a stochastic sampler the main run's own continuation from a branch point is a clone
     # already (independent noise from the same state): one new copy per pair, half the cost.
     reuse_parent = clone_sampler == name
-    clones, clones_hat, nearest_idx, classes = [], [], [], []
-    for j, k in enumerate(idx):
-        log.info("cloning %d pairs at t = %.4g (%d/%d)", pairs, grid[k], j + 1, len(idx))
-        start = at[int(k)][:pairs] if k in keep else at.pop(int(k))  # freed once cloned
+    stored_states, clones, nearest_idx, classes = {}, {}, {}, {}
+
+    def observables(k, hat):  # hat: (copies, pairs, d) clean estimates of clone ends
+        if train_x is not None:
+            near, cls = clone_observables(
+                hat.reshape(-1, d), train_x, class_direction, budget_bytes
+            )
+            nearest_idx[k] = near.reshape(hat.shape[:2])
+            if cls is not None:
+                classes[k] = cls.reshape(hat.shape[:2])
+
+    def observe(k, x):  # the main run waits here while the clones of this time run
+        if k in keep_at:
+            stored_states[k] = x[:samples].float().cpu()
+        if k not in clone_at:
+            return
+        log.info("cloning %d pairs at t = %.4g", pairs, grid[k])
         try:
             ends = samplers.clone(
                 score_fn,
-                start.to(device),
+                x[:pairs],
                 grid,
                 int(k),
                 clone_sampler,
@@ -139,16 +129,46 @@ def sample_trajectories(
             )
         except FloatingPointError as err:  # its steps count from the branch point
             raise FloatingPointError(f"{err} in the clones branched at t = {grid[k]:.6g}") from err
-        if reuse_parent:  # copy 0: the parent's own continuation, by the same sampler
-            ends = torch.cat([end[:pairs].unsqueeze(0).to(ends), ends])
-        hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min)
+        hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min).reshape(ends.shape)
+        observables(k, hat)  # copy 1 (and 0 without reuse); copy 0 of a reuse: below
+        clones[k] = (ends[:, :stored].float().cpu(), hat[:, :stored])
+
+    log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(grid) - 1)
+    try:
+        end, _ = samplers.sample(
+            score_fn,
+            x_T,
+            grid,
+            name,
+            gen,
+            save_idx=np.union1d(keep, idx),
+            callback=progress,
+            noisy_last=noisy_last,
+            observe=observe,
+        )
+    except FloatingPointError as err:
+        if "clones branched" in str(err):
+            raise
+        raise FloatingPointError(f"{err} in the main run of {len(x_T)} trajectories") from err
+    traj = torch.stack([stored_states[int(k)] for k in keep])
+    x_hat = clean_estimate(score_fn, end[:samples], t_min)
+    if reuse_parent:  # copy 0 of every clone time: the parent's end
+        parent_hat = clean_estimate(score_fn, end[:pairs], t_min)
+        parent = (end[:stored].float().cpu()[None], parent_hat[:stored][None])
         if train_x is not None:
-            near, cls = clone_observables(hat.to(device), train_x, class_direction, budget_bytes)
-            nearest_idx.append(near.reshape(ends.shape[:2]))
-            if cls is not None:
-                classes.append(cls.reshape(ends.shape[:2]))
-        clones.append(ends[:, :stored].float().cpu())
-        clones_hat.append(hat.reshape(ends.shape)[:, :stored])
+            near, cls = clone_observables(parent_hat, train_x, class_direction, budget_bytes)
+        for k in idx:
+            ends, hat = clones[int(k)]
+            clones[int(k)] = (torch.cat([parent[0], ends]), torch.cat([parent[1], hat]))
+            if train_x is not None:
+                nearest_idx[int(k)] = torch.cat([near[None], nearest_idx[int(k)]])
+                if cls is not None:
+                    classes[int(k)] = torch.cat([cls[None], classes[int(k)]])
+    order = [int(k) for k in idx]
+    clones_hat = [clones[k][1] for k in order]
+    nearest_idx = [nearest_idx[k] for k in order if k in nearest_idx]
+    classes = [classes[k] for k in order if k in classes]
+    clones = [clones[k][0] for k in order]
     # (clone_time, pair, copy, feature)
     x_clone = torch.stack(clones).permute(0, 2, 1, 3)
     x_hat_clone = torch.stack(clones_hat).permute(0, 2, 1, 3)

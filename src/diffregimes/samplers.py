@@ -151,14 +151,14 @@ def sample(
     callback: Callable[[int], None] | None = None,
     check_every: int | None = None,
     noisy_last: bool = False,
-    save_rows: dict[int, int] | None = None,
+    observe: Callable[[int, torch.Tensor], None] | None = None,
 ):
     """Integrate from x at times[0] down the descending grid `times` to times[-1].
 
     Returns the final state and, if `save_idx` is given, a float32 CPU tensor
-    (len(save_idx), batch, d) of the states at those grid indices. With `save_rows`
-    ({grid index: rows}) only the first rows of the batch are kept at each saved index and the
-    states come back as a list (host memory then grows with what is kept, not with the batch).
+    (len(save_idx), batch, d) of the states at those grid indices. With `observe`, the states
+    at `save_idx` go to `observe(index, state)` instead (nothing is kept here): the caller
+    keeps what it needs, or branches clones from it, while the run waits.
 
     The last step adds no noise (pitfall 1) unless `noisy_last`: on a DDPM grid, whose last
     time t_1 is one DDPM step above 0, Ho et al.'s step t_2 → t_1 is noisy and their final step
@@ -167,36 +167,39 @@ def sample(
     A NaN or inf in the state (from the score or the step) stops the run with
     FloatingPointError naming the first step where it appeared and its times. The state is
     tested every `check_every` steps (default 8 on the CPU, 32 on a GPU, where a test waits for
-    the device) and at the end, by one float64 sum (finite exactly when every entry is); a
-    failed test replays the steps since the last finite state, from the same generator state,
-    to find the first bad one. The test costs < 1 % of a sampling step on the CPU."""
+    the device), at every saved index and at the end, by one float64 sum (finite exactly when
+    every entry is); a failed test replays the steps since the last finite state, from the same
+    generator state (taken after `observe`, which may draw from it), to find the first bad one.
+    The test costs < 1 % of a sampling step on the CPU."""
     step = SAMPLERS[sampler]
     times = [float(t) for t in times]
     saved, where = [], set() if save_idx is None else {int(i) for i in save_idx}
     if check_every is None:
         check_every = 8 if x.device.type == "cpu" else 32
     state = None
-    finite = (0, x, state, _rng_state(generator))  # the last state known to be finite
 
     def keep(k, x):
-        rows = x.shape[0] if save_rows is None else save_rows.get(k, x.shape[0])
-        saved.append(x[:rows].float().cpu())
+        if observe is None:
+            saved.append(x.float().cpu())
+        else:
+            observe(k, x)
 
     if 0 in where:
         keep(0, x)
+    finite = (0, x, state, _rng_state(generator))  # the last state known to be finite
     for k in range(len(times) - 1):
         last = k == len(times) - 2
         x, state = step(score, x, times[k], times[k + 1], generator, state, last and not noisy_last)
-        if (k + 1) % check_every == 0 or last:
+        if (k + 1) % check_every == 0 or last or k + 1 in where:
             if not _is_finite(x):
                 raise _locate(score, sampler, times, finite, generator, k + 1, noisy_last)
+            if k + 1 in where:
+                keep(k + 1, x)
             finite = (k + 1, x, state, _rng_state(generator))
-        if k + 1 in where:
-            keep(k + 1, x)
         if callback is not None:
             callback(k + 1)
-    if save_rows is not None:
-        return x, saved
+    if observe is not None:
+        return x, None
     traj = torch.stack(saved) if saved else None
     return x, traj
 
