@@ -52,9 +52,11 @@ def test_default_config_dry_run(tmp_path):
 
 def test_paper_config_dry_run(tmp_path):
     jobs = planned_jobs(tmp_path, ROOT / "config" / "paper.yaml")
-    # synthetic laws, then the bring-your-own images (planned without reading their files)
-    assert jobs["sample"] == 3 * (7 * 5 * 3 + 3 * 3 * 3 + 3 * 2 * 2) + 3 * 8
-    assert jobs["train"] == 3 * (7 * 5 + 3 * 3) + 3 * 3
+    # the (n, d) grids of the synthetic laws, Fig. 2 (4 d), Fig. 3 (3 d), the curse grid
+    # (4 d × 6 n), then 5 bring-your-own image sets × 2 scores (planned without their files)
+    grids = 7 * 5 * 3 + 3 * 3 * 3 + 3 * 2 * 2
+    assert jobs["sample"] == 3 * (grids + 4 + 3 + 4 * 6 + 5 * 2)
+    assert jobs["train"] == 3 * (7 * 5 + 3 * 3) + 3 * 5
     assert jobs["judge"] == 5
 
 
