@@ -1,19 +1,19 @@
 """Rule `theory`: spectrum, Λ, t_S and the excess entropy f^e(t) of one training set."""
 
-import torch
-
 from diffregimes import process, store, theory_store
-from diffregimes.joblog import Timer, start_log
+from diffregimes.device import job_device
+from diffregimes.joblog import Timer, progress_bar, start_log
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
 log = start_log(sm.log[0], "theory")
-torch.set_num_threads(sm.threads)
+device = job_device(log, sm.threads, sm.resources.get("gpu"))  # the Monte Carlo of f^e
 
 train = store.open_store(sm.input.train, "training set", require=("x",))
 grid, keep = process.grid_from_settings(p.time)
 seed = job_seed("theory", w.dataset, w.d, w.n, w.seed)
+bar = progress_bar(len(keep) * p.entropy_samples, "f^e Monte Carlo samples", sm.log[0])
 with Timer(log, f"theory and f^e, job seed {seed}"):
     ds = theory_store.theory_store(
         train,
@@ -24,7 +24,10 @@ with Timer(log, f"theory and f^e, job seed {seed}"):
         entropy_fraction=p.entropy_collapse_fraction,
         entropy_z=p.entropy_zero_se,
         n_boot=p.bootstrap,
+        device=device,
+        progress=bar.update,
     )
+bar.close()
 ds.attrs.update(dataset=w.dataset, d=int(w.d), n=int(w.n), seed=int(w.seed))
 log.info(
     "Λ = %.4g, t_S = %.4g, t_C = %.4g, t_C from f^e = %.4g ± %.2g",

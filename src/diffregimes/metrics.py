@@ -230,7 +230,7 @@ def same_nearest_fraction(idx_a, idx_b):
 
 
 def excess_entropy_empirical(
-    train, t, n_mc=4096, generator=None, budget_bytes=DEFAULT_BUDGET_BYTES
+    train, t, n_mc=4096, generator=None, budget_bytes=DEFAULT_BUDGET_BYTES, progress=None
 ):
     """Monte Carlo excess entropy f^e(t) of the empirical measure (SCIENCE.md §4).
 
@@ -262,6 +262,8 @@ def excess_entropy_empirical(
         On the device of ``train``.
     budget_bytes : int
         Memory budget for the (samples × centres) blocks.
+    progress : callable, optional
+        Called with the number of samples done after each block (a progress bar).
 
     Returns
     -------
@@ -292,6 +294,8 @@ def excess_entropy_empirical(
             x = centres[mu[start : start + m]] + math.sqrt(dlt) * z
             lp = log_partition(x, centres, dlt, budget_bytes=budget_bytes)
             lse.append(lp + 0.5 * (z * z).sum(1))  # control variate: E[‖z‖²/2] = d/2
+            if progress is not None:
+                progress(m)
         L = torch.cat(lse).cpu().numpy()
         f[k] = L.mean() / d
         se[k] = L.std(ddof=1) / math.sqrt(n_mc) / d if n_mc > 1 else np.nan

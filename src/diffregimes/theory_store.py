@@ -43,6 +43,7 @@ def theory_store(
     entropy_fraction: float = 0.1,
     entropy_z: float = 2.0,
     n_boot: int = 200,
+    progress=None,
 ) -> xr.Dataset:
     """Spectrum, Λ, both t_S references, the excess entropy (theory and Monte Carlo f^e) at
     `times` and the collapse times read off it."""
@@ -87,7 +88,9 @@ def theory_store(
     )
     gen = torch.Generator(device=device).manual_seed(seed)
     a = torch.as_tensor(x, dtype=torch.float64, device=device)
-    f_e, f_e_se = metrics.excess_entropy_empirical(a, times, entropy_samples, gen, budget_bytes)
+    f_e, f_e_se = metrics.excess_entropy_empirical(
+        a, times, entropy_samples, gen, budget_bytes, progress=progress
+    )
     t_c_e, t_c_e_se = metrics.collapse_time_entropy(
         times, f_e, f_e_se, entropy_z, n_boot, np.random.default_rng(seed)
     )

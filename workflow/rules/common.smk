@@ -239,3 +239,101 @@ def budget_bytes():
 import gc
 
 gc.set_threshold(*gc.get_threshold()[:2], 1000)
+
+
+# --- resources: what each heavy job costs (diffregimes.resources), asked for in its rule ---
+import atexit
+import functools
+import json
+
+from diffregimes import resources as cost_model
+
+ESTIMATES = {}  # (rule, job) → (seconds, on a GPU, mem_mb): one entry per planned job
+
+
+@functools.lru_cache(maxsize=None)
+def _grid(time_json):
+    """(integration steps, saved times) of a time section."""
+    from diffregimes import process
+
+    grid, keep = process.grid_from_settings(json.loads(time_json))
+    return len(grid) - 1, len(keep)
+
+
+@functools.lru_cache(maxsize=None)
+def _clone_steps(time_json, cloning_json):
+    """Σ over the clone times of the steps left to t_min."""
+    from diffregimes import process
+
+    time_cfg, cloning = json.loads(time_json), json.loads(cloning_json)
+    grid, _ = process.grid_from_settings(time_cfg)
+    idx = process.clone_indices_from_settings(grid, cloning, time_cfg["T"])
+    return int(sum(len(grid) - 1 - k for k in idx))
+
+
+def _json(section):
+    return json.dumps(section, sort_keys=True)
+
+
+def job_cost(rule, w):
+    """(Cost, on a GPU) of one job of a heavy rule, recorded for the dry run's table."""
+    d, n, side = int(w.d), int(w.n), get_side(w)
+    time_cfg = get_time(w)
+    steps, saved = _grid(_json(time_cfg))
+    if rule == "sample":
+        cloning, sampler = get_cloning(w), get_sampler(w)
+        cost = cost_model.sample_cost(
+            d,
+            n,
+            w.score,
+            {**time_cfg, "steps": steps},
+            sampler,
+            cloning,
+            saved,
+            _clone_steps(_json(time_cfg), _json(cloning)),
+            config["models"].get(w.score),
+            side,
+        )
+        gpu = True
+    elif rule == "theory":
+        cost = cost_model.theory_cost(
+            d, n, saved, get_entropy_samples(w), budget_bytes()
+        )
+        gpu = cost.seconds(gpu=False) > 2 * 3600  # a CPU thread would take hours
+    elif rule == "train":
+        cost = cost_model.train_cost(config["models"][w.model], d, side)
+        gpu = True
+    else:  # metrics
+        samples = get_sampler(w)["samples"]
+        cost = cost_model.metrics_cost(d, n, samples, saved, budget_bytes())
+        gpu = False
+    key = (rule, tuple(sorted(dict(w).items())))
+    ESTIMATES[key] = (cost.seconds(gpu), gpu, cost.mem_mb())
+    return cost, gpu
+
+
+def mem_mb_of(rule, floor=4000):
+    return lambda w: max(floor, job_cost(rule, w)[0].mem_mb())
+
+
+def runtime_of(rule, floor=30):
+    def runtime(w):
+        cost, gpu = job_cost(rule, w)
+        return max(floor, cost_model.runtime_min(cost.seconds(gpu)))
+
+    return runtime
+
+
+def gpu_of(rule):
+    return lambda w: int(job_cost(rule, w)[1])
+
+
+def _print_estimates():
+    if workflow.dryrun and ESTIMATES:
+        per_rule = {}
+        for (rule, _), value in ESTIMATES.items():
+            per_rule.setdefault(rule, []).append(value)
+        print(cost_model.report(per_rule))
+
+
+atexit.register(_print_estimates)

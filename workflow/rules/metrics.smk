@@ -15,8 +15,9 @@ rule theory:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=gpu_of("theory"),
+        mem_mb=mem_mb_of("theory"),
+        runtime=runtime_of("theory"),
     params:
         time=get_time,
         entropy_samples=get_entropy_samples,
@@ -46,8 +47,8 @@ rule metrics:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=mem_mb_of("metrics"),
+        runtime=runtime_of("metrics"),
     params:
         metrics=section("metrics"),
     script:

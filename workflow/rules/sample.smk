@@ -17,8 +17,8 @@ rule sample:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=mem_mb_of("sample"),
+        runtime=runtime_of("sample", 60),
     params:
         time=get_time,
         sampler=get_sampler,

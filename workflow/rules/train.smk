@@ -17,8 +17,8 @@ rule train:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=4000,
-        runtime=240,
+        mem_mb=mem_mb_of("train"),
+        runtime=runtime_of("train", 240),
     params:
         model=get_model_cfg,
         time=get_training_time,
