@@ -222,7 +222,7 @@ def test_comparison_rows_and_verdicts():
     assert lam.loc["", "agrees"] == "absent" and "kind=idx" in lam.loc["", "note"]
     assert np.isnan(lam.loc["", "measured"])
     ext = table[table["setting"] == "ext"].iloc[0]
-    assert ext["agrees"] == "n/a" and ext["measured"] == pytest.approx(3.46)
+    assert ext["agrees"] == "extension" and ext["measured"] == pytest.approx(3.46)
 
 
 def test_reference_entry_errors_name_the_entry(tmp_path):
@@ -273,10 +273,10 @@ def test_reduced_reproduction_end_to_end(tmp_path):
     d256 = table[table["setting"].str.contains("d = 256")]
     fig2 = d256[d256["figure"] == "Fig. 2"]
     fig3 = d256[d256["figure"] == "Fig. 3"]
-    assert len(fig2) == 2 and len(fig3) == 4, d256
+    assert len(fig2) == 2 and len(fig3) == 3, d256
     sampled = pd.concat([fig2, fig3[fig3["quantity"].str.contains("t̂_C")]])
     assert np.isfinite(sampled["measured"]).all() and (sampled["se"] > 0).all(), sampled
-    assert (pd.concat([fig2, fig3])["agrees"].isin(["yes", "n/a"])).all(), d256.to_string()
+    assert (pd.concat([fig2, fig3])["agrees"].isin(["yes", "extension"])).all(), d256.to_string()
     mnist = table[table["setting"].str.startswith("MNIST")]
     assert (mnist["agrees"] == "absent").all() and len(mnist) == 4
     traj = xr.open_zarr(

@@ -13,9 +13,10 @@ TINY = ROOT / "tests" / "config" / "tiny.yaml"
 
 
 def snakemake(workdir: Path, *args: str, config: Path | None = TINY, check=True):
-    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"]
+    cmd = [*SNAKEMAKE, "--directory", str(workdir)]
     if config is not None:
         cmd += ["--configfile", str(config)]
+    cmd += ["--cores", "2"]  # after --configfile, which takes every value up to the next flag
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

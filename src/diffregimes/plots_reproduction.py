@@ -40,7 +40,7 @@ def counts(table: pd.DataFrame) -> str:
     c = table["agrees"].value_counts()
     return (
         f"{c.get('yes', 0)} agree, {c.get('no', 0)} disagree, "
-        f"{c.get('absent', 0)} absent from this grid, {c.get('n/a', 0)} extensions "
+        f"{c.get('absent', 0)} absent from this grid, {c.get('extension', 0)} extensions "
         "(no paper number)"
     )
 

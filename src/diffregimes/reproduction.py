@@ -302,7 +302,7 @@ def compare(summary: xr.Dataset | None, laws: dict[str, dict], entries: list[dic
             paper_se = rounding_se(paper)
         row["paper_se"] = float("nan") if paper_se is None else float(paper_se)
         if paper is None:
-            row.update(deviation_se=np.nan, agrees="n/a", criterion="extension: no paper number")
+            row.update(deviation_se=np.nan, agrees="extension", criterion="no paper number")
         elif not np.isfinite(measured):
             row.update(deviation_se=np.nan, agrees="no", criterion="")
             row["note"] = "the measurement is undefined in these runs (NaN): see their metrics"
