@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .process import delta
+from .process import delta, log_snr
 from .store import load_checkpoint, save_atomic
 
 ARCHS = ("mlp", "unet")
@@ -27,12 +27,7 @@ ARCHS = ("mlp", "unet")
 
 def gaussian_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """ε of N(0, I) data: √Δ_t x (its score is −x, and ε = −√Δ_t s)."""
-    return torch.sqrt(-torch.expm1(-2 * t)).reshape(-1, *([1] * (x.dim() - 1))) * x
-
-
-def log_snr(t: torch.Tensor) -> torch.Tensor:
-    """λ(t) = −2t − log(1 − e^{−2t}) in torch (t > 0)."""
-    return -2 * t - torch.log(-torch.expm1(-2 * t))
+    return torch.sqrt(delta(t)).reshape(-1, *([1] * (x.dim() - 1))) * x
 
 
 class SinusoidalEmbedding(nn.Module):

@@ -25,7 +25,9 @@ def delta(t):
 
 
 def log_snr(t):
-    """Log signal-to-noise ratio λ(t) = log(e^{−2t} / Δ_t)."""
+    """Log signal-to-noise ratio λ(t) = log(e^{−2t} / Δ_t) (numpy float64, or torch)."""
+    if isinstance(t, torch.Tensor):
+        return -2.0 * t - torch.log(delta(t))
     t = np.asarray(t, dtype=np.float64)
     return -2.0 * t - np.log(delta(t))
 
@@ -35,10 +37,19 @@ def time_from_log_snr(lam):
     return 0.5 * np.logaddexp(0.0, -np.asarray(lam, dtype=np.float64))
 
 
+def noised(a: torch.Tensor, t, z: torch.Tensor) -> torch.Tensor:
+    """x(t) = a e^{−t} + √Δ_t z, the forward process from x(0) = a with noise z; t a float or
+    one time per row of a."""
+    if isinstance(t, torch.Tensor):
+        shape = (-1, *([1] * (a.dim() - 1)))
+        return a * torch.exp(-t).reshape(shape) + torch.sqrt(delta(t)).reshape(shape) * z
+    return a * math.exp(-t) + math.sqrt(delta(float(t))) * z
+
+
 def forward_sample(a: torch.Tensor, t: float, generator: torch.Generator | None = None):
     """Exact draw of x(t) given x(0) = a: a e^{−t} + √Δ_t z."""
     z = torch.randn(a.shape, generator=generator, dtype=a.dtype, device=a.device)
-    return a * math.exp(-t) + math.sqrt(delta(float(t))) * z
+    return noised(a, t, z)
 
 
 # --- DDPM dictionary ---------------------------------------------------------------------

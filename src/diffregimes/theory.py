@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from .process import delta as process_delta
+
 __all__ = [
     "PHI_AT_SPECIATION",
     "collapse_time_from_curve",
@@ -38,8 +40,8 @@ _W[[0, -1]] *= 0.5
 
 
 def delta(t):
-    """Δ_t = 1 − e^{−2t} (SCIENCE.md §1), computed as −expm1(−2t) for accuracy at small t."""
-    return -np.expm1(-2.0 * np.asarray(t, dtype=np.float64))
+    """Δ_t = 1 − e^{−2t} (SCIENCE.md §1) in float64, −expm1(−2t) for accuracy at small t."""
+    return process_delta(np.asarray(t, dtype=np.float64))
 
 
 def phi_gmm(snr):

@@ -136,7 +136,7 @@ def train(
         idx = torch.randint(0, n, (cfg["batch_size"],), generator=gen, device=device)
         t = _draw_times(cfg["batch_size"], lam_lo, lam_hi, gen, device)
         z = torch.randn(cfg["batch_size"], d, generator=gen, device=device)
-        x = data[idx] * torch.exp(-t)[:, None] + torch.sqrt(-torch.expm1(-2 * t))[:, None] * z
+        x = process.noised(data[idx], t, z)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
             loss = (forward(x, t).float() - z).pow(2).mean()
         opt.zero_grad(set_to_none=True)
