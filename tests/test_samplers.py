@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from diffregimes.process import delta, linear_betas, time_grid
-from diffregimes.samplers import SAMPLERS, STOCHASTIC, clone, denoised, prior_sample, sample
+from diffregimes.samplers import (
+    SAMPLERS,
+    STOCHASTIC,
+    clone,
+    denoised,
+    euler_maruyama,
+    prior_sample,
+    sample,
+)
 from diffregimes.scores import GaussianScore, GMMScore
 
 F64 = torch.float64
@@ -368,3 +376,20 @@ def test_sample_trajectories_with_more_clone_pairs_than_samples():
     end = torch.as_tensor(ds["x"].values[:, -1])
     expected = denoised(score, end, t_min)
     np.testing.assert_allclose(ds["x_hat"].values, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_fused_gmm_step_equals_the_generic_euler_maruyama_step(last):
+    """GMMScore.euler_maruyama_step (affine + rank one, three passes) is the generic step
+    x + h(x + 2s) + √(2h) ξ with the same noise draw, at σ ≠ 1."""
+    from diffregimes.scores import GMMScore
+
+    d, t, t_next = 64, 1.3, 1.25
+    m = torch.linspace(-1.0, 2.0, d)
+    score = GMMScore(m, 0.7)
+    x = torch.randn(32, d, generator=torch.Generator().manual_seed(3))
+    fused, _ = euler_maruyama(score, x, t, t_next, torch.Generator().manual_seed(5), None, last)
+    plain, _ = euler_maruyama(
+        lambda y, s: score(y, s), x, t, t_next, torch.Generator().manual_seed(5), None, last
+    )
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)

@@ -41,6 +41,9 @@ def euler_maruyama(score, x, t, t_next, generator, state, last):
     """Euler–Maruyama on the reverse SDE −dx = [x + 2 s(x, t)] dt + dB (the paper's eq. 2):
 
     x_{t−h} = x_t + h [x_t + 2 s(x_t, t)] + √(2h) ξ."""
+    fused = getattr(score, "euler_maruyama_step", None)
+    if fused is not None:  # a score that fuses the step (scores.GMMScore)
+        return fused(x, t, t_next, generator, last), state
     h = t - t_next
     # In place on one new tensor: a step at large (batch, d) is memory-bound, and each
     # temporary is a pass over the batch.

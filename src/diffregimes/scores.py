@@ -40,6 +40,21 @@ class GMMScore:
         pull = torch.tanh(self._field(x, t)) * math.exp(-t)
         return torch.outer(pull, self.m).sub_(x).div_(g)
 
+    def euler_maruyama_step(self, x, t, t_next, generator, last):
+        """One Euler–Maruyama step of the reverse SDE with this score, fused: the drift
+        x + 2s is affine in x plus a rank-one term, so with h = t − t_next
+        x' = (1 + h − 2h/Γ_t) x + (2h e^{−t}/Γ_t) tanh(e^{−t} m·x/Γ_t) m + √(2h) ξ
+        takes three passes over the batch instead of seven (the step is memory-bound at large
+        d). The noise is the same draw as `samplers.euler_maruyama`'s."""
+        h, g, c = t - t_next, self.gamma(t), math.exp(-t)
+        pull = torch.tanh(self._field(x, t)) * (2 * h * c / g)
+        if last:
+            out = x * (1 + h - 2 * h / g)
+        else:
+            out = torch.empty_like(x).normal_(0.0, math.sqrt(2 * h), generator=generator)
+            out.add_(x, alpha=1 + h - 2 * h / g)
+        return out.addr_(pull, self.m.to(x.dtype))
+
     def class_posterior(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """p_+(x) = ½[1 + tanh(e^{−t} m·x / Γ_t)]."""
         return 0.5 * (1 + torch.tanh(self._field(x, t)))
