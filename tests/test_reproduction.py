@@ -273,7 +273,7 @@ def test_reduced_reproduction_end_to_end(tmp_path):
     d256 = table[table["setting"].str.contains("d = 256")]
     fig2 = d256[d256["figure"] == "Fig. 2"]
     fig3 = d256[d256["figure"] == "Fig. 3"]
-    assert len(fig2) == 2 and len(fig3) == 3, d256
+    assert len(fig2) == 2 and len(fig3) == 6, d256
     sampled = pd.concat([fig2, fig3[fig3["quantity"].str.contains("t̂_C")]])
     assert np.isfinite(sampled["measured"]).all() and (sampled["se"] > 0).all(), sampled
     assert (pd.concat([fig2, fig3])["agrees"].isin(["yes", "extension"])).all(), d256.to_string()

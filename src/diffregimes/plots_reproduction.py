@@ -130,7 +130,7 @@ def excess_entropy_vs_t(summary: xr.Dataset, entries: list[dict], n: int = 20000
     for e in entries:
         if e["measure"] == "f_over_alpha" and e["paper"] is not None:
             ax.plot(float(e["at"]), e["paper"], "k*", ms=9)
-    ax.plot([], [], "k*", label="the paper's numerics (d = 1024)")
+    ax.plot([], [], "k*", label="the paper's numerics")
     ax.set(xlabel="t", ylabel="f^e(t) / α", title=f"Fig. 3: collapse of the GMM, n = {n}")
     legend(ax, fontsize=7)
     return fig
