@@ -18,11 +18,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from workflow_helpers import command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
@@ -67,20 +67,9 @@ class Workflow:
         return path
 
     def snakemake(self, *args: str, config: Path | None = None) -> str:
-        cmd = [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(self.repo / "Snakefile"),
-            "--directory",
-            str(self.workdir),
-            "--cores",
-            "2",
-            "--configfile",
-            str(config or self.base),
-            *args,
-        ]
+        cmd = command(
+            self.workdir, *args, config=config or self.base, snakefile=self.repo / "Snakefile"
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir)
         if proc.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

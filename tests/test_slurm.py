@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,11 +24,11 @@ from pathlib import Path
 import pytest
 import xarray as xr
 import yaml
+from workflow_helpers import snakemake as run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 GPU_RULES = {"train", "sample", "training_axis"}
 # Flags for a test cluster: first status check after 2 s (default 40 s), no account to guess,
 # keep the SLURM logs of successful jobs so that the test can read their job ids.
@@ -82,14 +81,7 @@ def grid(path: Path) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    config = workdir.parent / "grid.yaml"
-    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "--configfile", str(config)]
-    proc = subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, cwd=workdir, timeout=timeout
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run_snakemake(workdir, *args, config=workdir.parent / "grid.yaml", timeout=timeout)
 
 
 def planned_jobs(workdir: Path, *args: str) -> Counter:

@@ -31,7 +31,8 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from workflow_helpers import SNAKEMAKE, TINY
+from workflow_helpers import TINY
+from workflow_helpers import command as workflow_command
 
 from diffregimes import store, train
 from diffregimes.seeds import job_seed
@@ -70,8 +71,7 @@ def cut(path: Path) -> Path:
 def command(workdir: Path, *args: str, targets=TARGETS) -> list[str]:
     """snakemake on `targets` with the cut beside `workdir` (targets before --configfile,
     which takes several values)."""
-    cfg = ["--configfile", str(workdir.parent / "cut.yaml")]
-    return [*SNAKEMAKE, *args, *targets, "--directory", str(workdir), "--cores", "2", *cfg]
+    return workflow_command(workdir, *args, *targets, config=workdir.parent / "cut.yaml")
 
 
 def run(workdir: Path, *args: str, targets=TARGETS, check=True) -> subprocess.CompletedProcess:

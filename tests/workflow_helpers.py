@@ -12,12 +12,33 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
 
 
-def snakemake(workdir: Path, *args: str, config: Path | None = TINY, check=True):
-    cmd = [*SNAKEMAKE, "--directory", str(workdir)]
+def command(
+    workdir: Path, *args: str, config: Path | None = TINY, snakefile: Path | None = None
+) -> list[str]:
+    """The one snakemake command line of the tests: `snakefile` (default the repository's) in
+    `workdir` on `config` (None: the Snakefile's default), 2 cores, then `args` (flags and
+    targets; --configfile comes first, as it takes every value up to the next flag)."""
+    cmd = [*SNAKEMAKE[:-1], str(snakefile or ROOT / "Snakefile"), "--directory", str(workdir)]
     if config is not None:
         cmd += ["--configfile", str(config)]
-    cmd += ["--cores", "2"]  # after --configfile, which takes every value up to the next flag
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=workdir)
+    return [*cmd, "--cores", "2", *args]
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    config: Path | None = TINY,
+    check=True,
+    snakefile: Path | None = None,
+    timeout: float | None = None,
+):
+    proc = subprocess.run(
+        command(workdir, *args, config=config, snakefile=snakefile),
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
