@@ -106,18 +106,10 @@ def speciation_time_measured(clone_times, phi, threshold=theory.PHI_AT_SPECIATIO
     i.e. the fine-grid (e.g. 2000-point) construction of SCIENCE.md without its grid error.
     NaN entries of φ are dropped. Returns NaN if there is no such crossing.
     """
-    t = _np(clone_times, np.float64).reshape(-1)
     p = _np(phi, np.float64).reshape(-1)
-    ok = np.isfinite(t) & np.isfinite(p)
-    t, p = t[ok], p[ok]
-    order = np.argsort(t, kind="stable")
-    t, p = t[order], p[order]
-    down = np.nonzero((p[:-1] >= threshold) & (p[1:] < threshold))[0]
-    if down.size == 0:
-        return float("nan")
-    i = down[-1]
-    # linear interpolation: φ(t) = p_i + (p_{i+1} − p_i)(t − t_i)/(t_{i+1} − t_i) = threshold
-    return float(t[i] + (p[i] - threshold) * (t[i + 1] - t[i]) / (p[i] - p[i + 1]))
+    p = np.where(np.isfinite(p), p, np.nan)  # ±inf is no measurement either
+    # φ falls through the threshold where −φ rises through −threshold
+    return theory.crossing_time(_np(clone_times, np.float64).reshape(-1), -p, -threshold)
 
 
 def speciation_time_bootstrap(

@@ -175,15 +175,15 @@ def f_crossing(run, entry):
     a = _scalar(run, "alpha")
     t, f = run["time"].values, run["f_excess"].values / a
     se = run["f_excess_se"].values / a
-    order = np.argsort(t)[::-1]  # descending t
-    t, f, se = t[order], f[order], se[order]
     level = float(entry["at"])
-    for i in range(len(t) - 1):
-        if f[i] >= level > f[i + 1]:
-            w = (f[i] - level) / (f[i] - f[i + 1])
-            slope = (f[i] - f[i + 1]) / (t[i] - t[i + 1])
-            return float(t[i] + w * (t[i + 1] - t[i])), float(max(se[i], se[i + 1]) / slope)
-    return float("nan"), float("nan")
+    t_x = theory.crossing_time(t, f, level)
+    if not np.isfinite(t_x):
+        return float("nan"), float("nan")
+    order = np.argsort(t)
+    i = int(np.searchsorted(t[order], t_x)) - 1  # the points beside the crossing: i, i + 1
+    lo, hi = order[max(i, 0)], order[min(i + 1, len(t) - 1)]
+    slope = (f[hi] - f[lo]) / (t[hi] - t[lo])
+    return t_x, float(max(se[lo], se[hi]) / slope)
 
 
 def Lambda(run, entry):  # noqa: N802 (the paper's symbol)

@@ -199,28 +199,34 @@ def collapse_time_gmm(n, d, sigma):
     return 0.5 * np.log1p(sigma**2 / np.expm1(2.0 * np.log(n) / d))
 
 
-def collapse_time_from_curve(t, f):
-    """Zero crossing t_C of an excess-entropy curve f(t) (SCIENCE.md §4: f(t_C) = 0).
+def crossing_time(t, y, level=0.0):
+    """The largest t where a curve y(t), linearly interpolated between its points, rises
+    through `level`: between the largest t_i with y(t_i) ≤ level and the next point (every
+    crossing of the workflow: t_C where f = 0 or f = level·α, t_S where −φ rises through
+    −0.7752, a level of f^e/α in the reproduction).
 
-    The curve is sorted by t; t_C is found between the largest t_i with f(t_i) ≤ 0 and the next
-    grid point (where f > 0) by linear interpolation. Un-clipped curves give sub-grid accuracy;
-    clipped ones (f = 0 below t_C) give the last grid point with f ≤ 0. NaN entries of f are
-    dropped. Returns NaN if f > 0 everywhere or f ≤ 0 at the largest t (no crossing on the grid).
-    """
+    The curve is sorted by t; NaN entries are dropped. Un-clipped curves give sub-grid accuracy;
+    clipped ones (f = 0 below t_C) give the last point with y ≤ level. Returns NaN if y > level
+    everywhere or y ≤ level at the largest t (no crossing on the grid)."""
     t = np.asarray(t, dtype=np.float64).reshape(-1)
-    f = _as_numpy64(f).reshape(-1)
-    ok = np.isfinite(t) & ~np.isnan(f)
-    t, f = t[ok], f[ok]
+    y = _as_numpy64(y).reshape(-1)
+    ok = np.isfinite(t) & ~np.isnan(y)
+    t, y = t[ok], y[ok]
     order = np.argsort(t, kind="stable")
-    t, f = t[order], f[order]
-    below = np.nonzero(f <= 0.0)[0]
+    t, y = t[order], y[order]
+    below = np.nonzero(y <= level)[0]
     if below.size == 0 or below[-1] == t.size - 1:
         return float("nan")
     i = below[-1]
-    f0, f1 = f[i], f[i + 1]
-    if not np.isfinite(f0):  # e.g. f = −inf at t = 0: the crossing is at the grid point
+    y0, y1 = y[i], y[i + 1]
+    if not np.isfinite(y0):  # e.g. f = −inf at t = 0: the crossing is at the grid point
         return float(t[i])
-    return float(t[i] + (0.0 - f0) * (t[i + 1] - t[i]) / (f1 - f0))
+    return float(t[i] + (level - y0) * (t[i + 1] - t[i]) / (y1 - y0))
+
+
+def collapse_time_from_curve(t, f):
+    """Zero crossing t_C of an excess-entropy curve f(t) (SCIENCE.md §4: f(t_C) = 0)."""
+    return crossing_time(t, f, 0.0)
 
 
 def n_for_collapse_below(eps, d, sigma, log=False):
