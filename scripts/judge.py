@@ -3,7 +3,7 @@ its training images and scored on its test split."""
 
 import numpy as np
 
-from diffregimes import images, judge, judge_correction, store
+from diffregimes import images, judge, judge_correction
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, start_log
 from diffregimes.seeds import job_seed
@@ -17,7 +17,7 @@ x_train, y_train, x_test, y_test = images.judge_data(p.spec, w.dataset, p.side)
 if np.all(y_train < 0):  # unlabelled images: no classes, φ is undefined
     reason = f"{w.dataset} has no labels (no array y): φ(t) is undefined"
     log.info(reason)
-    store.save_atomic({"no_classes": reason}, sm.output[0])
+    judge.save_no_classes(sm.output[0], reason)
 else:
     seed = job_seed("judge", w.dataset, w.d)
     with Timer(log, f"class judge on {len(y_train)} images, job seed {seed}"):

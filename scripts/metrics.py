@@ -17,11 +17,10 @@ theory = store.open_store(sm.input.theory)
 seed = job_seed("metrics", w.dataset, w.d, w.n, w.seed, w.score)
 judged = {}
 if sm.input.get("judge"):  # images: the class judge labels the clone end points
-    saved = store.load_checkpoint(sm.input.judge[0])
-    if "no_classes" in saved:
-        judged = {"judge_reason": saved["no_classes"]}
+    net, accuracy, info = judge.load_judge(sm.input.judge[0])
+    if net is None:
+        judged = {"judge_reason": info["no_classes"]}
     else:
-        net, accuracy, info = judge.load_judge(sm.input.judge[0])
         judged = {
             "judge": net,
             "judge_accuracy": accuracy,

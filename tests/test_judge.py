@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 
@@ -161,3 +162,12 @@ def test_judge_shapes_and_errors():
         Judge(1, 8, [4])
     with pytest.raises(ValueError, match="one class only"):
         train_judge(torch.zeros(4, 64), [1] * 4, torch.zeros(2, 64), [1, 1], 1, 8, 0, steps=1)
+
+
+def test_a_dataset_without_labels_gets_a_judge_file_that_says_why(tmp_path):
+    """The judge rule's output for unlabelled images: load_judge gives (None, NaN, reason)."""
+    from diffregimes.judge import save_no_classes
+
+    save_no_classes(tmp_path / "judge.pt", "x has no labels")
+    net, accuracy, info = load_judge(tmp_path / "judge.pt")
+    assert net is None and math.isnan(accuracy) and info == {"no_classes": "x has no labels"}

@@ -226,8 +226,15 @@ def save_judge(path: str | os.PathLike, judge: Judge, accuracy: float, info: dic
     )
 
 
-def load_judge(path: str | os.PathLike, device="cpu") -> tuple[Judge, float, dict]:
-    """Read `save_judge`'s file: (judge in eval mode on `device`, accuracy, info).
+def save_no_classes(path: str | os.PathLike, reason: str) -> None:
+    """The judge file of a dataset without labels: no network, the reason φ is undefined
+    (`load_judge` gives it back)."""
+    save_atomic({"no_classes": str(reason)}, path)
+
+
+def load_judge(path: str | os.PathLike, device="cpu") -> tuple[Judge | None, float, dict]:
+    """Read `save_judge`'s file: (judge in eval mode on `device`, accuracy, info); for a file of
+    `save_no_classes`, (None, NaN, {"no_classes": reason}).
 
     Files written before the confusion matrix was stored load too: their info has no
     "confusion" (nor "class_counts_test"), which `judge_correction.correctable` reports as a
@@ -235,6 +242,8 @@ def load_judge(path: str | os.PathLike, device="cpu") -> tuple[Judge, float, dic
 
     A file that is not a tensor file, or not a judge, is refused with an error naming it."""
     obj = load_checkpoint(path, device)
+    if isinstance(obj, dict) and set(obj) == {"no_classes"}:
+        return None, float("nan"), {"no_classes": str(obj["no_classes"])}
     if not isinstance(obj, dict) or not JUDGE_KEYS <= set(obj):
         raise OSError(
             f"{path} is a tensor file but not a judge this workflow wrote (keys "
