@@ -28,7 +28,8 @@ if sm.input.get("judge"):  # images: the class judge labels the clone end points
         }
         log.info("class judge: held-out accuracy %.4f", accuracy)
 with Timer(log, f"metrics, job seed {seed}"):
-    ds = run_metrics.run_metrics(traj, train, theory, sm.params.metrics, seed, **judged)
+    cfg = {**sm.params.metrics, "memory_budget_mb": sm.resources.budget_mb}
+    ds = run_metrics.run_metrics(traj, train, theory, cfg, seed, **judged)
 if sm.input.get("training"):  # a learned score: add its training-time axis
     ds = run_metrics.add_training_axis(ds, store.open_store(sm.input.training[0]))
 log.info(

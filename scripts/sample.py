@@ -9,13 +9,14 @@ from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
+budget = sm.resources.budget_mb * 2**20  # the chunked kernels' memory budget
 log = start_log(sm.log[0], "sample")
 device = job_device(log, sm.threads, sm.resources.get("gpu"))
 
 train = store.open_store(sm.input.train, "training set", require=("x",))
 seed = job_seed("sample", w.dataset, w.d, w.n, w.seed, w.score)
 model = sm.input.model[0] if sm.input.get("model") else None  # a learned score's weights
-score = generate.build_score(w.score, train, p.budget, device, model_path=model)
+score = generate.build_score(w.score, train, budget, device, model_path=model)
 bar = progress_bar(generate.planned_steps(p.time, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):
     try:
@@ -32,7 +33,7 @@ with Timer(log, f"sampling {w.score} score, job seed {seed}"):
             class_direction=(
                 torch.as_tensor(train["m"].values, dtype=torch.float32) if "m" in train else None
             ),
-            budget_bytes=p.budget,
+            budget_bytes=budget,
         )
     except FloatingPointError as err:
         fix = (

@@ -7,6 +7,7 @@ from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
+budget = sm.resources.budget_mb * 2**20  # the chunked kernels' memory budget
 log = start_log(sm.log[0], "theory")
 device = job_device(log, sm.threads, sm.resources.get("gpu"))  # the Monte Carlo of f^e
 
@@ -20,7 +21,7 @@ with Timer(log, f"theory and f^e, job seed {seed}"):
         grid[keep],
         p.entropy_samples,
         seed,
-        p.budget,
+        budget,
         entropy_fraction=p.entropy_collapse_fraction,
         entropy_z=p.entropy_zero_se,
         n_boot=p.bootstrap,

@@ -10,6 +10,7 @@ from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
+budget = sm.resources.budget_mb * 2**20  # the chunked kernels' memory budget
 log = start_log(sm.log[0], "training_axis")
 device = job_device(log, sm.threads, sm.resources.get("gpu"))
 
@@ -17,7 +18,7 @@ train = store.open_store(sm.input.train, "training set", require=("x",))
 test = store.open_store(sm.input.test, "held-out set", require=("x",))
 net = nets.load_trained(sm.input.model, device)
 known_law = train.attrs["kind"] in SYNTHETIC_KINDS  # real images: no population score
-population = generate.build_score("population", train, p.budget, device) if known_law else None
+population = generate.build_score("population", train, budget, device) if known_law else None
 seed = job_seed("training_axis", w.dataset, w.d, w.n, w.seed, w.model)
 with Timer(log, f"training axis of {w.model}, job seed {seed}"):
     ds = training_axis.measure_training_axis(
@@ -30,7 +31,7 @@ with Timer(log, f"training axis of {w.model}, job seed {seed}"):
         population,
         p.time,
         seed,
-        p.budget,
+        budget,
         device,
     )
 ds.attrs.update(

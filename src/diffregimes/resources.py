@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Rates:
-    """Reference rates. CPU: one thread of a 2-core AVX-512 machine, torch 2.13 (float32
-    matmul ≈ 96 GFLOP/s, float64 ≈ 48; an Euler–Maruyama step of the GMM score ≈ 13 ns per
-    coordinate, half of it drawing the noise). GPU: an A100/H100-class device, conservatively."""
+    """Reference rates, on the slow side of what `make bench` reports: CPU, one thread of an
+    AVX-512 machine with torch's CPU build; GPU, an A100/H100-class device. A sampler step is
+    memory-bound (drawing the noise is a large part of it), hence its own rate."""
 
     cpu_f32: float = 80e9
     cpu_f64: float = 40e9

@@ -13,7 +13,6 @@ from diffregimes import config as config_checks
 PKG = f"{workflow.basedir}/src/diffregimes"
 CONDA_ENV = "../../envs/diffregimes.yaml"
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
-EXACT_SCORES = config_checks.EXACT_SCORES
 
 
 def checked_config(cfg):
@@ -215,7 +214,7 @@ def get_cloning(w):
     """The cloning settings of one score: `exact_pairs` pairs for the exact scores (cheap, so
     many: the SE of t_S falls like 1/√pairs), `pairs` for a learned one."""
     cfg = run_section(w, "cloning")
-    pairs = cfg["exact_pairs"] if w.score in EXACT_SCORES else cfg["pairs"]
+    pairs = cfg["exact_pairs"] if w.score in config_checks.EXACT_SCORES else cfg["pairs"]
     out = {"times": cfg["times"], "t_lo": cfg["t_lo"], "pairs": pairs}
     out.update({k: cfg[k] for k in ("at", "stored_pairs") if cfg.get(k)})
     return out
@@ -227,8 +226,18 @@ def get_entropy_samples(w):
     return own or config["metrics"]["entropy_samples"]
 
 
+# The memory budget of the chunked kernels does not change results, so it is a resource (a
+# change reruns nothing), not a param.
+BUDGET_MB = int(config["metrics"]["memory_budget_mb"])
+
+
 def budget_bytes():
-    return int(config["metrics"]["memory_budget_mb"] * 2**20)
+    return BUDGET_MB * 2**20
+
+
+def get_metrics_settings():
+    """The metrics section as the metrics rule's param, without the memory budget."""
+    return {k: v for k, v in section("metrics").items() if k != "memory_budget_mb"}
 
 
 # Full garbage collections rescan every live object, and Snakemake keeps millions alive (jobs,

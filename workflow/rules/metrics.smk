@@ -18,13 +18,13 @@ rule theory:
         gpu=gpu_of("theory"),
         mem_mb=mem_mb_of("theory"),
         runtime=runtime_of("theory"),
+        budget_mb=BUDGET_MB,
     params:
         time=get_time,
         entropy_samples=get_entropy_samples,
         entropy_collapse_fraction=config["metrics"]["entropy_collapse_fraction"],
         entropy_zero_se=config["metrics"]["entropy_zero_se"],
         bootstrap=config["metrics"]["bootstrap"],
-        budget=budget_bytes(),
     script:
         "../../scripts/theory.py"
 
@@ -49,8 +49,9 @@ rule metrics:
     resources:
         mem_mb=mem_mb_of("metrics"),
         runtime=runtime_of("metrics"),
+        budget_mb=BUDGET_MB,
     params:
-        metrics=section("metrics"),
+        metrics=get_metrics_settings(),
     script:
         "../../scripts/metrics.py"
 

@@ -19,10 +19,10 @@ rule sample:
         gpu=1,
         mem_mb=mem_mb_of("sample"),
         runtime=runtime_of("sample", 60),
+        budget_mb=BUDGET_MB,
     params:
         time=get_time,
         sampler=get_sampler,
         cloning=get_cloning,
-        budget=budget_bytes(),
     script:
         "../../scripts/sample.py"

@@ -45,10 +45,10 @@ rule training_axis:
         gpu=1,
         mem_mb=4000,
         runtime=60,
+        budget_mb=BUDGET_MB,
     params:
         model=get_model_cfg,
         axis=section("training_axis"),
         time=get_time,
-        budget=budget_bytes(),
     script:
         "../../scripts/training_axis.py"
