@@ -67,16 +67,20 @@ def _runs(summary: xr.Dataset, **keys) -> xr.Dataset:
     return summary.isel(run=np.flatnonzero(keep))
 
 
-def speciation_vs_t_over_t_S(summary: xr.Dataset, entries: list[dict]):
-    """Fig. 2: φ(t) of the GMM's population score against t/t_S (t_S = ½ log Λ of the law),
-    every d on one axis, with the closed form and the paper's points."""
-    sub = _runs(summary, kind="gmm", score="population", sigma=1.0)
+def _axis_and_runs(summary: xr.Dataset, **keys):
+    """One axis and the runs matching `keys` (none: the axis says so)."""
+    sub = _runs(summary, **keys)
     fig, ax = plt.subplots(figsize=(6, 4))
     if sub.sizes["run"] == 0:
         no_runs(ax)
-        return fig
-    for i in range(sub.sizes["run"]):
-        run = sub.isel(run=i)
+    return fig, ax, [sub.isel(run=i) for i in range(sub.sizes["run"])]
+
+
+def speciation_vs_t_over_t_S(summary: xr.Dataset, entries: list[dict]):
+    """Fig. 2: φ(t) of the GMM's population score against t/t_S (t_S = ½ log Λ of the law),
+    every d on one axis, with the closed form and the paper's points."""
+    fig, ax, runs = _axis_and_runs(summary, kind="gmm", score="population", sigma=1.0)
+    for run in runs:
         t_s = 0.5 * math.log(float(run["Lambda_population"]))
         x = run["clone_time"].values / t_s
         ok = np.isfinite(run["phi_class"].values)
@@ -105,13 +109,8 @@ def speciation_vs_t_over_t_S(summary: xr.Dataset, entries: list[dict]):
 def excess_entropy_vs_t(summary: xr.Dataset, entries: list[dict], n: int = 20000):
     """Fig. 3: f^e(t)/α of the GMM's training sets of n points (Monte Carlo, ±1 SE) against t,
     the theory f(t)/α, t_C (dotted) and the paper's points."""
-    sub = _runs(summary, kind="gmm", score="empirical", sigma=1.0, n=n)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if sub.sizes["run"] == 0:
-        no_runs(ax)
-        return fig
-    for i in range(sub.sizes["run"]):
-        run = sub.isel(run=i)
+    fig, ax, runs = _axis_and_runs(summary, kind="gmm", score="empirical", sigma=1.0, n=n)
+    for run in runs:
         a = float(run["alpha"])
         t = run["time"].values
         ok = np.isfinite(run["f_excess"].values)
