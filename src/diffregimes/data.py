@@ -15,6 +15,11 @@ from .seeds import job_seed
 SYNTHETIC_KINDS = ("gmm", "gaussian")
 
 
+def cell_attrs(name: str, kind: str, d: int, n: int, seed: int, seed_job: int) -> dict:
+    """The attrs every data store carries: its cell and the seed its job drew from."""
+    return dict(dataset=name, kind=kind, d=int(d), n=int(n), seed=int(seed), seed_job=seed_job)
+
+
 def gmm_mean(d: int, mu: float, direction: str, seed: int) -> np.ndarray:
     """m with |m|² = d μ̃²: ones(d)·μ̃, or a uniformly random direction of that norm."""
     if direction == "ones":
@@ -74,12 +79,7 @@ def _as_dataset(x, label, spec, name, d, n, seed, m):
         "component of origin (1: +m, 0: −m)" if m is not None else "no classes (-1)"
     )
     ds.attrs.update(
-        dataset=name,
-        kind=spec["kind"],
-        d=int(d),
-        n=int(n),
-        seed=int(seed),
-        seed_job=job_seed("data", name, d, seed),
+        cell_attrs(name, spec["kind"], d, n, seed, job_seed("data", name, d, seed)),
         preprocessing="none (synthetic law, raw coordinates)",
     )
     ds.attrs.update({f"law_{k}": v for k, v in spec.items() if isinstance(v, int | float | str)})

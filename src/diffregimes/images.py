@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
+from .data import cell_attrs
 from .image_files import (
     Raw,
     data_path,
@@ -303,12 +304,7 @@ def _as_dataset(x, label, mean, spec, name, side, n, seed, c, pool, text):
         "image_shape, is the image in [0, 1]"
     )
     ds.attrs.update(
-        dataset=name,
-        kind=spec["kind"],
-        d=int(d),
-        n=int(n),
-        seed=int(seed),
-        seed_job=job_seed("data", name, side, seed),
+        cell_attrs(name, spec["kind"], d, n, seed, job_seed("data", name, side, seed)),
         channels=int(c),
         side=int(side),
         image_shape=[int(c), int(side), int(side)],
