@@ -277,3 +277,33 @@ def test_memorised_fraction_empirical_vs_population():
     assert float(pop["f_mem"]) == 0.0 and 0 < float(pop["f_mem_ci_high"]) < 0.05
     # both distances ≈ σ√(2d) ≈ 24 up to O(1) fluctuations: ratio ≈ 0.9–1
     assert float(np.quantile(pop["nn_ratio"].values, 0.01)) > 2 / 3
+
+
+# ------------------------------------------------------ §7 the Gaussian (linear) baseline
+
+
+def test_gaussian_baseline_reproduces_the_training_covariance_and_never_memorises():
+    """Samples x̂₀ of the `gaussian` score (the Gaussian fitted to a GMM training set with
+    n ≫ d) have the training covariance's top eigenvalue within 3 SE (SE ≈ λ√(2/N) for N
+    samples), and none is a near-copy of a training point (f_mem = 0; by chance a sample has
+    d₁/d₂ < 1/3 with probability ≈ 3⁻⁸ in d = 8)."""
+    d, n, samples = 8, 2000, 600
+    train = _gmm_train(d, n)
+    score = generate.build_score("gaussian", train, BUDGET_MB * 2**20, CPU)
+    time_cfg = {"T": 6.0, "t_min": 1e-3, "steps": 200, "spacing": "log_snr", "saved": 20}
+    traj = generate.sample_trajectories(
+        score,
+        d,
+        time_cfg,
+        {"name": "euler_maruyama", "samples": samples},
+        {"times": 3, "pairs": 8, "t_lo": 0.1},
+        seed=1,
+        train_x=torch.as_tensor(train["x"].values, dtype=torch.float32),
+        class_direction=torch.as_tensor(train["m"].values, dtype=torch.float32),
+    )
+    lam_train = theory.top_eigenvalue(train["x"].values)
+    lam_samples = theory.top_eigenvalue(traj["x_hat"].values.astype(np.float64))
+    se = lam_train * math.sqrt(2 / samples)
+    assert abs(lam_samples - lam_train) < 3 * se, (lam_samples, lam_train, se)
+    out = _run_metrics(traj, train, 2)
+    assert float(out["f_mem"]) == 0.0 and float(out["f_mem_ci_high"]) < 0.01

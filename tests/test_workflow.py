@@ -93,8 +93,8 @@ def test_tiny_run_stores(tiny_run):
     assert "no classes" in gauss["phi_class"].attrs["not_applicable"]
 
     summary = xr.open_zarr(results / "summary.zarr", consolidated=True)
-    assert summary.sizes["run"] == 14  # gmm 2 d × 2 n × 3 scores + gauss 1 × 1 × 2
-    assert set(summary["score"].values) == {"population", "empirical", "mlp"}
+    assert summary.sizes["run"] == 15  # gmm 2 d × 2 n × 3 scores + gauss 1 × 1 × 3
+    assert set(summary["score"].values) == {"population", "empirical", "mlp", "gaussian"}
 
 
 @pytest.mark.slow
@@ -121,13 +121,19 @@ def test_tiny_run_learned_score(tiny_run):
 def test_tiny_run_reports(tiny_run):
     results = tiny_run / "results"
     index = (results / "index.html").read_text()
-    assert "reports/summary.html" in index
-    assert index.count("<tr>") == 14 + 1  # header + one row per run
+    assert "reports/summary.html" in index and "reports/reproduction.html" in index
+    assert index.count("<tr>") == 15 + 1  # header + one row per run
+    # the tiny grid measures none of the paper's numbers: every row says so, none vanishes
+    comparison = (results / "reproduction" / "comparison.csv").read_text().splitlines()
+    assert len(comparison) - 1 == len(
+        yaml.safe_load((ROOT / "workflow/reference/paper.yaml").read_text())
+    )
+    assert "Does it reproduce the paper?" in (results / "reports/reproduction.html").read_text()
     grid = (results / "reports" / "summary.html").read_text()
     assert grid.count("data:image/png;base64") >= 11  # every grid figure embedded
     assert "Traceback" not in grid
     runs = sorted((results / "reports" / "runs").rglob("*.html"))
-    assert len(runs) == 14
+    assert len(runs) == 15
     for html in runs:
         text = html.read_text()
         assert f'href="{html.relative_to(results).as_posix()}"' in index
@@ -147,7 +153,7 @@ def test_tiny_rerun_does_nothing_and_metric_change_reruns_metrics_only(tiny_run,
     jobs = planned_jobs(tiny_run, changed)
     downstream = {"summary", "report_summary", "reproduction", "report_reproduction", "index"}
     assert set(jobs) - {"all"} == {"metrics", "report_run", *downstream}
-    assert jobs["metrics"] == 14 and jobs["report_run"] == 14
+    assert jobs["metrics"] == 15 and jobs["report_run"] == 15
     # the memory budget of the chunked kernels is a resource, not a param: nothing reruns
     cfg = yaml.safe_load(TINY.read_text())
     cfg["metrics"]["memory_budget_mb"] = 7
@@ -165,9 +171,10 @@ def test_snakemake_report_collects_every_report(tiny_run):
     runs = [
         n
         for n in names
-        if n.rsplit("/", 1)[-1] in ("population.html", "empirical.html", "mlp.html")
+        if n.rsplit("/", 1)[-1]
+        in ("population.html", "empirical.html", "gaussian.html", "mlp.html")
     ]
-    assert len(runs) == 14  # every run report, with the grid report and the index
+    assert len(runs) == 15  # every run report, with the grid report and the index
     assert any(name.endswith("/summary.html") for name in names)
     assert any(name.endswith("/index.html") for name in names)
 

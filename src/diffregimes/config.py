@@ -19,7 +19,9 @@ from pathlib import Path
 
 import yaml
 
-EXACT_SCORES = ("population", "empirical")
+# Scores with a closed form (no training): the law's, the training set's (memorises), and the
+# Gaussian fit to the training set (the optimal linear denoiser, SCIENCE.md §7).
+EXACT_SCORES = ("population", "empirical", "gaussian")
 SYNTHETIC_KINDS = ("gmm", "gaussian")
 IMAGE_KINDS = ("digits", "fashion_mnist", "idx", "npz", "cifar10", "image_folder")
 # Keys that belong to one family of kinds only (a gmm with `sizes:` is a mistake, not a no-op).

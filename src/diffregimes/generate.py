@@ -14,10 +14,10 @@ import torch
 import xarray as xr
 
 from . import process, samplers
+from .config import EXACT_SCORES
 from .scores import EmpiricalScore, GaussianScore, GMMScore
 
 log = logging.getLogger(__name__)
-EXACT_SCORES = ("population", "empirical")
 
 
 def build_score(
@@ -37,6 +37,8 @@ def build_score(
     if score == "empirical":
         x = torch.as_tensor(train["x"].values, dtype=dtype, device=device)
         return EmpiricalScore(x, budget_bytes)
+    if score == "gaussian":
+        return gaussian_fit(train["x"].values, dtype, device)
     if score != "population":
         raise ValueError(f"score {score!r}: exact scores are {EXACT_SCORES}")
     from .data import gaussian_spectrum, law
@@ -52,6 +54,19 @@ def build_score(
         lam = torch.as_tensor(lam, dtype=dtype, device=device)
         return GaussianScore(torch.zeros(d, dtype=dtype, device=device), lam, eye)
     raise ValueError(f"no population score is known for dataset kind {kind!r}")
+
+
+def gaussian_fit(x, dtype=torch.float32, device="cpu") -> GaussianScore:
+    """The score of N(μ̂, Ĉ) fitted to training points x (n, d): mean and covariance (1/n) of
+    the training set, eigendecomposed once in float64 (SCIENCE.md §7: the optimal linear
+    denoiser; each step then costs two (batch × d) × (d × d) products, never an inverse)."""
+    a = torch.as_tensor(x, dtype=torch.float64)
+    mean = a.mean(0)
+    cov = (a - mean).T @ (a - mean) / a.shape[0]
+    lam, vec = torch.linalg.eigh(cov)
+    return GaussianScore(
+        mean.to(device, dtype), lam.clamp_min(0).to(device, dtype), vec.to(device, dtype)
+    )
 
 
 def sample_trajectories(
