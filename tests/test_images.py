@@ -14,6 +14,7 @@ from PIL import Image
 from diffregimes import image_files as files
 from diffregimes import images as im
 from diffregimes import store
+from diffregimes.data import law
 from diffregimes.theory import covariance_spectrum
 
 DIGITS = {"kind": "digits", "test_size": 100}
@@ -64,7 +65,7 @@ def test_digits_stores_layout_and_attrs(tmp_path):
     assert train.attrs["d"] == 64 == im.dimension(DIGITS, 8)
     assert train.attrs["image_shape"] == [1, 8, 8] and train.attrs["channels"] == 1
     assert train.attrs["classes"] == [str(k) for k in range(10)]
-    assert train.attrs["law_kind"] == "digits" and train.attrs["law_balanced"] == "False"
+    assert law(train)["kind"] == "digits" and law(train)["balanced"] is False
     assert (
         "8×8" in train.attrs["preprocessing"] and "no std scaling" in train.attrs["preprocessing"]
     )

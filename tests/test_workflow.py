@@ -95,6 +95,14 @@ def test_tiny_run_stores(tiny_run):
     summary = xr.open_zarr(results / "summary.zarr", consolidated=True)
     assert summary.sizes["run"] == 15  # gmm 2 d × 2 n × 3 scores + gauss 1 × 1 × 3
     assert set(summary["score"].values) == {"population", "empirical", "mlp", "gaussian"}
+    # the law reaches the summary (the grid and reproduction figures select runs by it)
+    kinds = dict(zip(summary["dataset"].values, summary["kind"].values, strict=True))
+    assert kinds == {"gmm": "gmm", "gauss": "gaussian"}
+    gmm = summary["dataset"].values == "gmm"
+    assert (
+        np.allclose(summary["sigma"].values[gmm], 0.7)
+        and np.isnan(summary["sigma"].values[~gmm]).all()
+    )
 
 
 @pytest.mark.slow

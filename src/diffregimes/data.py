@@ -7,6 +7,8 @@ training set of size n is the first n rows of the one of size n' > n for the sam
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import xarray as xr
 
@@ -82,14 +84,21 @@ def _as_dataset(x, label, spec, name, d, n, seed, m):
         cell_attrs(name, spec["kind"], d, n, seed, job_seed("data", name, d, seed)),
         preprocessing="none (synthetic law, raw coordinates)",
     )
-    ds.attrs.update({f"law_{k}": v for k, v in spec.items() if isinstance(v, int | float | str)})
+    ds.attrs["law"] = law_attr(spec)
     return ds
 
 
+def law_attr(spec: dict) -> str:
+    """The law (or image set) a data store is made from, as its one JSON attr `law`: the
+    dataset entry's keys, with the values JSON can hold."""
+    keep = {k: v for k, v in spec.items() if isinstance(v, bool | int | float | str | list)}
+    return json.dumps(keep, sort_keys=True)
+
+
 def law(ds: xr.Dataset) -> dict:
-    """The settings of the law (or image set) a data store was made from: its `law_*` attrs,
-    as `make_synthetic` and `images.make_image_data` write them, without the prefix."""
-    return {k.removeprefix("law_"): v for k, v in ds.attrs.items() if k.startswith("law_")}
+    """The settings of the law (or image set) a store was made from (its `law` attr, written by
+    `law_attr`; metrics stores carry their training set's)."""
+    return json.loads(ds.attrs.get("law", "{}"))
 
 
 def population_top_eigenvalue(spec: dict, d: int) -> float:

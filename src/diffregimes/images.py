@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from .data import cell_attrs
+from .data import cell_attrs, law_attr
 from .image_files import (
     Raw,
     data_path,
@@ -313,12 +313,7 @@ def _as_dataset(x, label, mean, spec, name, side, n, seed, c, pool, text):
         preprocessing=text,
         lambda_convention=top_eigenvalue_convention(),
     )
-    # law_* mirrors data.make_synthetic, so code reading the law's settings keeps working.
-    for k, v in spec.items():
-        if isinstance(v, bool):
-            ds.attrs[f"law_{k}"] = str(v)
-        elif isinstance(v, int | float | str):
-            ds.attrs[f"law_{k}"] = v
+    ds.attrs["law"] = law_attr(spec)  # as data.make_synthetic writes it
     return ds
 
 

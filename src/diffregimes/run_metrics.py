@@ -68,7 +68,7 @@ def _clone_labels(traj: xr.Dataset, train: xr.Dataset, a, judge, budget: int, de
 def _no_classes_reason(train: xr.Dataset, judge_reason: str | None) -> str:
     if judge_reason:
         return judge_reason
-    if train.attrs.get("law_kind") == "gaussian":
+    if law(train).get("kind") == "gaussian":
         return NOT_APPLICABLE_NO_CLASSES
     return NO_JUDGE
 
@@ -256,7 +256,7 @@ def run_metrics(
         )
     _describe(ds)
     ds.attrs.update(traj.attrs)
-    ds.attrs.update({k: v for k, v in train.attrs.items() if k.startswith("spec")})
+    ds.attrs["law"] = train.attrs.get("law", "{}")  # the training set's law, for the summary
     ds.attrs.update(
         metrics_settings=cfg, seed_metrics=int(seed), theory_seed_job=theory_ds.attrs["seed_job"]
     )

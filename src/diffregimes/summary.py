@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from .data import law
+
 RUN_KEYS = ("dataset", "d", "n", "seed", "score")
 
 
@@ -14,8 +16,11 @@ def stack_summary(stores: list[xr.Dataset]) -> xr.Dataset:
     for ds in stores:
         keys = {k: ds.attrs[k] for k in RUN_KEYS}
         keys["sampler"] = ds.attrs.get("sampler", "")
-        keys["kind"] = ds.attrs.get("law_kind", "")
-        keys["sigma"] = float(ds.attrs.get("law_sigma", np.nan))  # GMM σ, NaN otherwise
+        spec = law(ds)
+        keys["kind"] = spec.get("kind", "")
+        gmm = spec.get("kind") == "gmm"
+        keys["sigma"] = float(spec.get("sigma", np.nan)) if gmm else np.nan  # GMM σ, mu
+        keys["mu"] = float(spec.get("mu", np.nan)) if gmm else np.nan
         part = ds.drop_attrs(deep=False).expand_dims(run=1)
         parts.append(part.assign_coords({k: ("run", [v]) for k, v in keys.items()}))
     out = xr.concat(
