@@ -110,6 +110,7 @@ def excess_entropy_vs_t(summary: xr.Dataset, entries: list[dict], n: int = 20000
     """Fig. 3: f^e(t)/α of the GMM's training sets of n points (Monte Carlo, ±1 SE) against t,
     the theory f(t)/α, t_C (dotted) and the paper's points."""
     fig, ax, runs = _axis_and_runs(summary, kind="gmm", score="empirical", sigma=1.0, n=n)
+    colours = {}
     for run in runs:
         a = float(run["alpha"])
         t = run["time"].values
@@ -123,13 +124,14 @@ def excess_entropy_vs_t(summary: xr.Dataset, entries: list[dict], n: int = 20000
             capsize=2,
             label=f"d = {int(run['d'])}, α = {a:.4f}",
         )
-        colour = line[0].get_color()
+        colour = colours[int(run["d"])] = line[0].get_color()
         ax.plot(t[ok], run["f_theory"].values[ok] / a, "-", lw=0.8, color=colour)
         vline(ax, float(run["t_C_theory"]), None, color=colour, lw=0.8, ls=":")
-    for e in entries:
+    for e in entries:  # the paper's points in the colour of their d (black: d not in this grid)
         if e["measure"] == "f_over_alpha" and e["paper"] is not None:
-            ax.plot(float(e["at"]), e["paper"], "k*", ms=9)
-    ax.plot([], [], "k*", label="the paper's numerics")
+            c = colours.get(e["select"]["d"], "k")
+            ax.plot(float(e["at"]), e["paper"], "*", ms=10, mfc=c, mec="k", mew=0.6)
+    ax.plot([], [], "*", mfc="w", mec="k", ms=10, label="the paper's numerics (colour: d)")
     ax.set(xlabel="t", ylabel="f^e(t) / α", title=f"Fig. 3: collapse of the GMM, n = {n}")
     legend(ax, fontsize=7)
     return fig
