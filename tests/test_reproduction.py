@@ -208,9 +208,10 @@ def test_comparison_rows_and_verdicts():
     # φ(3): 0.915 ± 0.005 against 0.912 ± 0.0028 → +0.52 SE; φ(3.5): +0.03 → 4.6 SE, red
     assert by.loc["φ(3)", "deviation_se"] == pytest.approx(0.003 / math.hypot(0.005, 0.0028))
     assert by.loc["φ(3)", "agrees"] == "yes" and by.loc["φ(3.5)", "agrees"] == "no"
-    chi2 = by.loc["χ²"]  # (0, 0.6, 6, −0.8) SE: χ² = 37.0 over 4 times, red
+    chi2 = by.loc["χ²"]  # (0, 0.6, 6, −0.8) SE: 6 SE > 3.40, the Bonferroni 3 SE level for 4
     assert chi2["agrees"] == "no" and chi2["measured"] == pytest.approx(0.03)
-    assert chi2["deviation_se"] == pytest.approx(6.0) and "χ² = 37.0" in chi2["criterion"]
+    assert chi2["deviation_se"] == pytest.approx(6.0)
+    assert "6.00 SE over 4 clone times, agrees if ≤ 3.40" in chi2["criterion"]
     assert by.loc["t_C", "agrees"] == "yes" and "≤ 5e-05" in by.loc["t_C", "criterion"]
     f = by.loc["f/α"]  # 0.886 ± 0.004 against 0.887 (rounding SE 0.0005/√3)
     assert f["paper_se"] == pytest.approx(0.0005 / math.sqrt(3))
@@ -238,6 +239,27 @@ def test_reference_entry_errors_name_the_entry(tmp_path):
 def test_rounding_se():
     assert reproduction.rounding_se(0.7752) == pytest.approx(0.00005 / math.sqrt(3))
     assert reproduction.rounding_se(1.0) == pytest.approx(0.05 / math.sqrt(3))
+    # printed trailing zeros are digits: the reference file quotes such values
+    assert reproduction.rounding_se("1.000") == pytest.approx(0.0005 / math.sqrt(3))
+    ref = reproduction.load_reference(REFERENCE)
+    ratios = [e for e in ref if e["measure"] == "t_S_ratio"]
+    assert [reproduction.rounding_se(e["paper"]) for e in ratios] == pytest.approx(
+        [0.0005 / math.sqrt(3)] * 4
+    )
+
+
+def test_f_crossing_ignores_the_summary_padding_of_other_runs_times():
+    """f^e/α's crossing and its SE from the run's own times, the NaN padding of an outer-joined
+    summary dropped (neighbours of the crossing must be measured points)."""
+    t = np.array([0.2, 0.4, 0.5, 0.6, 0.8])
+    f = np.array([0.0, 0.2, np.nan, np.nan, 0.8])  # 0.5 and 0.6 are another run's times
+    se = np.array([0.01, 0.01, np.nan, np.nan, 0.01])
+    run = xr.Dataset(
+        {"f_excess": ("time", f), "f_excess_se": ("time", se), "alpha": 1.0},
+        coords={"time": t},
+    )
+    t_x, t_se = reproduction.f_crossing(run, {"at": 0.5})
+    assert t_x == pytest.approx(0.6) and t_se == pytest.approx(0.01 / 1.5)
 
 
 def test_reproduce_config_dry_run_plans_the_papers_cells(tmp_path):

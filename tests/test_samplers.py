@@ -393,3 +393,32 @@ def test_fused_gmm_step_equals_the_generic_euler_maruyama_step(last):
         lambda y, s: score(y, s), x, t, t_next, torch.Generator().manual_seed(5), None, last
     )
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_the_trajectory_store_holds_copies_not_views_of_the_batch():
+    """What sample_trajectories keeps of a large batch (the first `samples` states, the stored
+    pairs' clone ends) must not hold the batch alive: each kept array owns only its rows."""
+    from diffregimes import generate
+
+    d, pairs = 16, 200
+    score = GMMScore(torch.ones(d), 1.0)
+    time_cfg = {"T": 2.0, "t_min": 0.01, "steps": 20, "spacing": "linear", "saved": 5}
+    clone_cfg = {"times": 3, "pairs": pairs, "t_lo": 0.5, "stored_pairs": 4}
+    seen = []
+    real = generate._kept
+
+    def spy(x):
+        out = real(x)
+        seen.append(out)
+        return out
+
+    generate._kept = spy
+    try:
+        generate.sample_trajectories(
+            score, d, time_cfg, {"name": "euler_maruyama", "samples": 8}, clone_cfg, seed=0
+        )
+    finally:
+        generate._kept = real
+    assert seen
+    for kept in seen:
+        assert kept.untyped_storage().nbytes() == kept.numel() * 4, kept.shape

@@ -126,7 +126,7 @@ def sample_trajectories(
 
     def observe(k, x):  # the main run waits here while the clones of this time run
         if k in keep_at:
-            stored_states[k] = x[:samples].float().cpu()
+            stored_states[k] = _kept(x[:samples])
         if k not in clone_at:
             return
         log.info("cloning %d pairs at t = %.4g", pairs, grid[k])
@@ -146,7 +146,7 @@ def sample_trajectories(
             raise FloatingPointError(f"{err} in the clones branched at t = {grid[k]:.6g}") from err
         hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min).reshape(ends.shape)
         observables(k, hat)  # copy 1 (and 0 without reuse); copy 0 of a reuse: below
-        clones[k] = (ends[:, :stored].float().cpu(), hat[:, :stored])
+        clones[k] = (_kept(ends[:, :stored]), _kept(hat[:, :stored]))
 
     log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(grid) - 1)
     try:
@@ -169,7 +169,7 @@ def sample_trajectories(
     x_hat = clean_estimate(score_fn, end[:samples], t_min)
     if reuse_parent:  # copy 0 of every clone time: the parent's end
         parent_hat = clean_estimate(score_fn, end[:pairs], t_min)
-        parent = (end[:stored].float().cpu()[None], parent_hat[:stored][None])
+        parent = (_kept(end[:stored])[None], _kept(parent_hat[:stored])[None])
         if train_x is not None:
             near, cls = clone_observables(parent_hat, train_x, class_direction, budget_bytes)
         for k in idx:
@@ -245,6 +245,12 @@ def sample_trajectories(
         settings={"time": time_cfg, "sampler": sampler_cfg, "cloning": clone_cfg},
     )
     return ds
+
+
+def _kept(x: torch.Tensor) -> torch.Tensor:
+    """A float32 CPU copy of a slice: a view (`.float().cpu()` of a CPU float32 slice is one)
+    would keep the whole batch it was cut from alive in host memory."""
+    return x.detach().to("cpu", torch.float32, copy=True)
 
 
 def clone_observables(x_hat: torch.Tensor, train_x: torch.Tensor, m, budget_bytes: int):

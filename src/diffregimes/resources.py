@@ -91,10 +91,14 @@ def sample_cost(
     clone_steps: int,
     arch: dict | None = None,
     side: int = 0,
+    clone_times: int = 0,
+    budget: int = 256 * 2**20,
 ) -> Cost:
     """A sample job: the main run of max(samples, pairs) trajectories over the grid, and
-    `clone_steps` = Σ over clone times of the steps left, for one (stochastic sampler) or two
-    new copies per pair."""
+    `clone_steps` = Σ over the `clone_times` of the steps left, for one (stochastic sampler) or
+    two new copies per pair; the nearest training point of every clone's x̂₀. Memory: the main
+    batch and one clone batch with their temporaries, the kept states, the stored clone end
+    points and their x̂₀, the training set and the kernels' budget."""
     samples, pairs = sampler_cfg["samples"], cloning["pairs"]
     steps = time_cfg["steps"]
     copies = 1 if sampler_cfg["name"] in ("euler_maruyama", "ddpm", "ddpm_posterior") else 2
@@ -103,12 +107,16 @@ def sample_cost(
         per_eval = 4.0 * n * d
     elif score == "population":
         per_eval = 0.0
+    elif score == "gaussian":
+        per_eval = 4.0 * d * d  # into C's eigenbasis and back
     else:
         per_eval = network_flops(arch or {"arch": "mlp"}, d, side)
+    nearest = 2.0 * n * d * 2 * pairs * clone_times
     batch = max(samples, pairs)
-    memory = 4.0 * (8 * batch * d + samples * saved * d + n * d)
-    memory += 4.0 * (cloning.get("stored_pairs") or pairs) * 2 * d * len(cloning.get("at") or [])
-    return Cost(flops32=evals * per_eval, elements=evals * d, bytes=memory + 256 * 2**20)
+    stored = cloning.get("stored_pairs") or pairs
+    memory = 4.0 * d * (8 * batch + 8 * copies * pairs + samples * saved + n)
+    memory += 4.0 * d * 2 * 2 * stored * clone_times
+    return Cost(flops32=evals * per_eval + nearest, elements=evals * d, bytes=memory + budget)
 
 
 def theory_cost(d: int, n: int, times: int, entropy_samples: int, budget: int) -> Cost:
@@ -138,6 +146,7 @@ def report(estimates: dict[str, list[tuple[float, bool, int]]]) -> str:
     (seconds, on a GPU, mem_mb) per job."""
     lines = [
         "Estimated cost of the planned jobs (diffregimes.resources; runtime asks 2× + 10 min):",
+        "  (GPU-hours: jobs that run on a GPU where one is granted, else on the CPU)",
         f"  {'rule':<16}{'jobs':>6}{'CPU-hours':>12}{'GPU-hours':>12}{'max mem_mb':>12}",
     ]
     for rule, jobs in sorted(estimates.items()):

@@ -280,6 +280,16 @@ def _clone_steps(time_json, cloning_json):
     return int(sum(len(grid) - 1 - k for k in idx))
 
 
+@functools.lru_cache(maxsize=None)
+def _clone_count(time_json, cloning_json):
+    """The number of clone times of a time and cloning section."""
+    from diffregimes import process
+
+    time_cfg, cloning = json.loads(time_json), json.loads(cloning_json)
+    grid, _ = process.grid_from_settings(time_cfg)
+    return len(process.clone_indices_from_settings(grid, cloning, time_cfg["T"]))
+
+
 def _json(section):
     return json.dumps(section, sort_keys=True)
 
@@ -302,6 +312,8 @@ def job_cost(rule, w):
             _clone_steps(_json(time_cfg), _json(cloning)),
             config["models"].get(w.score),
             side,
+            _clone_count(_json(time_cfg), _json(cloning)),
+            budget_bytes(),
         )
         gpu = True
     elif rule == "theory":
