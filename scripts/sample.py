@@ -1,8 +1,10 @@
 """Rule `sample`: backward trajectories and clones of one score on one data cell."""
 
+import functools
+
 import torch
 
-from diffregimes import generate, store
+from diffregimes import generate, judge, store
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, progress_bar, start_log
 from diffregimes.seeds import job_seed
@@ -16,6 +18,12 @@ device = job_device(log, sm.threads, sm.resources.get("gpu"))
 train = store.open_store(sm.input.train, "training set", require=("x",))
 seed = job_seed("sample", w.dataset, w.d, w.n, w.seed, w.score)
 model = sm.input.model[0] if sm.input.get("model") else None  # a learned score's weights
+classify = None  # the class of a clone's x̂₀: sign(m·x̂₀) for the GMM, the judge's for images
+if "m" in train:
+    classify = generate.gmm_classifier(torch.as_tensor(train["m"].values, dtype=torch.float32))
+elif sm.input.get("judge"):
+    net, _, _ = judge.load_judge(sm.input.judge[0], device)
+    classify = None if net is None else functools.partial(judge.judge_classes, net)
 score = generate.build_score(w.score, train, budget, device, model_path=model)
 bar = progress_bar(generate.planned_steps(p.time, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):
@@ -30,9 +38,7 @@ with Timer(log, f"sampling {w.score} score, job seed {seed}"):
             device,
             progress=lambda _: bar.update(),
             train_x=torch.as_tensor(train["x"].values, dtype=torch.float32, device=device),
-            class_direction=(
-                torch.as_tensor(train["m"].values, dtype=torch.float32) if "m" in train else None
-            ),
+            classify=classify,
             budget_bytes=budget,
         )
     except FloatingPointError as err:

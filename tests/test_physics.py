@@ -299,7 +299,7 @@ def test_gaussian_baseline_reproduces_the_training_covariance_and_never_memorise
         {"times": 3, "pairs": 8, "t_lo": 0.1},
         seed=1,
         train_x=torch.as_tensor(train["x"].values, dtype=torch.float32),
-        class_direction=torch.as_tensor(train["m"].values, dtype=torch.float32),
+        classify=generate.gmm_classifier(torch.as_tensor(train["m"].values, dtype=torch.float32)),
     )
     lam_train = theory.top_eigenvalue(train["x"].values)
     lam_samples = theory.top_eigenvalue(traj["x_hat"].values.astype(np.float64))

@@ -244,11 +244,6 @@ def _check_run_sections(cfg: dict, name: str) -> None:
             raise ConfigError(key("cloning", "at"), str(err)) from None
     elif cloning["t_lo"] >= time["T"]:
         raise ConfigError(key("cloning", "t_lo"), f"must be below T={time['T']}")
-    if own["kind"] in IMAGE_KINDS and cloning.get("stored_pairs"):
-        raise ConfigError(
-            key("cloning", "stored_pairs"),
-            "image datasets keep every clone end point (the class judge labels them): remove it",
-        )
 
 
 def check(cfg: dict) -> None:

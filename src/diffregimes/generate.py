@@ -79,7 +79,7 @@ def sample_trajectories(
     device="cpu",
     progress=None,
     train_x: torch.Tensor | None = None,
-    class_direction: torch.Tensor | None = None,
+    classify=None,
     budget_bytes: int = 256 * 2**20,
 ) -> xr.Dataset:
     """Run the sampler and the clones; return the trajectory store's Dataset.
@@ -88,8 +88,9 @@ def sample_trajectories(
     the saved times for the first `samples` trajectories; the clones of each branch time run
     while the main run waits there (host memory holds one clone batch at a time); for every
     clone, the nearest training point of its x̂₀ (`clone_nearest`, against `train_x`) and
-    its class sign(m·x̂₀) (`clone_class`, with `class_direction` m); the clone end points
-    themselves for the first `cloning.stored_pairs` pairs (default all).
+    its class (`clone_class`, by `classify`: sign(m·x̂₀) for the GMM, `gmm_classifier`, or
+    the class judge of images); the clone end points themselves for the first
+    `cloning.stored_pairs` pairs (default all).
 
     `progress(n_steps)` is called as integration steps complete (for a progress bar). A NaN or
     inf state raises FloatingPointError naming the step, its times and the run (main or the
@@ -117,9 +118,7 @@ def sample_trajectories(
 
     def observables(k, hat):  # hat: (copies, pairs, d) clean estimates of clone ends
         if train_x is not None:
-            near, cls = clone_observables(
-                hat.reshape(-1, d), train_x, class_direction, budget_bytes
-            )
+            near, cls = clone_observables(hat.reshape(-1, d), train_x, classify, budget_bytes)
             nearest_idx[k] = near.reshape(hat.shape[:2])
             if cls is not None:
                 classes[k] = cls.reshape(hat.shape[:2])
@@ -171,7 +170,7 @@ def sample_trajectories(
         parent_hat = clean_estimate(score_fn, end[:pairs], t_min)
         parent = (_kept(end[:stored])[None], _kept(parent_hat[:stored])[None])
         if train_x is not None:
-            near, cls = clone_observables(parent_hat, train_x, class_direction, budget_bytes)
+            near, cls = clone_observables(parent_hat, train_x, classify, budget_bytes)
         for k in idx:
             ends, hat = clones[int(k)]
             clones[int(k)] = (torch.cat([parent[0], ends]), torch.cat([parent[1], hat]))
@@ -233,7 +232,10 @@ def sample_trajectories(
             "index of the training point nearest to each clone's x̂₀ (every pair)"
         )
     if classes:
-        ds["clone_class"].attrs["description"] = "class sign(m·x̂₀) > 0 of each clone (every pair)"
+        ds["clone_class"].attrs["description"] = (
+            "class of each clone's x̂₀ (every pair): sign(m·x̂₀) > 0 for the GMM, the class "
+            "judge's label for images"
+        )
     ds.attrs.update(
         sampler=name,
         clone_sampler=clone_sampler,
@@ -253,15 +255,20 @@ def _kept(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to("cpu", torch.float32, copy=True)
 
 
-def clone_observables(x_hat: torch.Tensor, train_x: torch.Tensor, m, budget_bytes: int):
-    """(nearest training index, class sign(m·x) > 0 or None) of generated points x̂₀: what
-    φ_C and φ need of a clone, so that its end point need not be stored."""
+def clone_observables(x_hat: torch.Tensor, train_x: torch.Tensor, classify, budget_bytes: int):
+    """(nearest training index, class or None) of generated points x̂₀: what φ_C and φ need
+    of a clone, so that its end point need not be stored."""
     from .neighbours import nearest
 
     x_hat = x_hat.to(train_x.device, train_x.dtype)
     idx = nearest(x_hat, train_x, k=1, budget_bytes=budget_bytes)[1][:, 0].cpu()
-    cls = None if m is None else (x_hat @ m.to(x_hat) > 0).long().cpu()
+    cls = None if classify is None else torch.as_tensor(classify(x_hat)).long().cpu()
     return idx, cls
+
+
+def gmm_classifier(m: torch.Tensor):
+    """The GMM's class of points x: sign(m·x) > 0 (SCIENCE.md §3), on x's device."""
+    return lambda x: (x @ m.to(x) > 0).long()
 
 
 def clean_estimate(score_fn, x: torch.Tensor, t: float, batch: int = 4096) -> torch.Tensor:

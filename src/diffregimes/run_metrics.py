@@ -46,7 +46,7 @@ def _clone_labels(traj: xr.Dataset, train: xr.Dataset, a, judge, budget: int, de
     from the stored end points `x_hat_clone`; a class judge (images) labels the end points."""
     if "clone_nearest" in traj:
         cidx = traj["clone_nearest"].values
-        if judge is None and "clone_class" in traj:
+        if "clone_class" in traj:  # labelled in the sample job (GMM sign, or the judge)
             return cidx, traj["clone_class"].values.astype(np.int64)
         if judge is None and "m" not in train:
             return cidx, None

@@ -5,6 +5,7 @@ rule sample:
     input:
         train=TRAIN_STORE,
         model=get_score_inputs,
+        judge=get_judge,
         code=code("sample"),
     output:
         directory(f"results/trajectories/{CELL}/{{score}}.zarr"),
