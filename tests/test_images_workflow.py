@@ -64,6 +64,10 @@ def test_digits_metrics_with_the_class_judge(image_run, score):
     assert np.isfinite(float(m.t_C_theory)) and np.isfinite(float(m.t_C_measured))
     assert 0 <= float(m.f_mem) <= 1
     assert np.isnan(float(m.Lambda_population))
+    # the judge labelled every clone in the sample job: those labels give φ before correction
+    traj = open_store(workdir, f"trajectories/digits/d64/n128/s0/{score}.zarr")
+    same = traj["clone_class"].isel(copy=0) == traj["clone_class"].isel(copy=1)
+    np.testing.assert_allclose(m.phi_class_raw, same.mean("clone_pair"), rtol=1e-12)
     if score == "unet":
         assert "f_mem_by_step" in m and m.f_mem_by_step.notnull().all()
     else:  # the exact empirical score memorises: its samples x̂₀ are training images
