@@ -41,6 +41,7 @@ def run_table(summary: xr.Dataset) -> pd.DataFrame:
     """One row per run: its keys and the 0-d metrics."""
     keys = ["dataset", "d", "n", "seed", "score"]
     cols = {k: summary[k].values for k in keys}
+    cols.update({k: summary[k].values for k in ("kind", "sigma") if k in summary.coords})
     cols.update({v: summary[v].values for v in SCALARS if v in summary})
     return pd.DataFrame(cols).sort_values(keys).reset_index(drop=True)
 

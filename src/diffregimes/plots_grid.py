@@ -139,37 +139,45 @@ def collapse_fractions(summary: xr.Dataset, score: str = "empirical"):
 
 
 def collapse_vs_alpha(summary: xr.Dataset):
-    """Measured t_C against α = ln n / d, with the GMM curve ½ log(1 + σ²/(e^{2α} − 1))."""
+    """Measured t_C (mean t̂_C ± SE) against α = ln n / d, one colour per (dataset, d), with
+    the finite-d closed form of each run (x) and the d → ∞ GMM curve ½ log(1 + σ²/(e^{2α} − 1))
+    that every d should approach."""
     table = run_table(summary)
     table = table[table.score == "empirical"]
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
     if table.empty:
         no_runs(ax)
         return fig
-    sns.scatterplot(
-        table, x="alpha", y="t_C_measured", hue="d", style="dataset", ax=ax, palette="viridis"
-    )
-    ax.errorbar(
-        table.alpha, table.t_C_measured, yerr=table.t_C_measured_se, fmt="none", ecolor="k", lw=0.6
-    )
-    sns.scatterplot(
-        table,
-        x="alpha",
-        y="t_C_theory",
-        hue="d",
-        style="dataset",
-        ax=ax,
-        palette="viridis",
-        marker="x",
-        legend=False,
-    )
+    for (name, d), rows in table.groupby(["dataset", "d"]):
+        rows = rows.sort_values("alpha")
+        line = ax.errorbar(
+            rows.alpha,
+            rows.t_C_measured,
+            yerr=rows.t_C_measured_se,
+            fmt="o-",
+            ms=3,
+            lw=0.6,
+            capsize=2,
+            label=f"{name}, d = {d}",
+        )
+        ax.plot(rows.alpha, rows.t_C_theory, "x", color=line[0].get_color(), ms=5)
+    alpha = np.geomspace(table.alpha.min(), table.alpha.max(), 200)
+    for sigma in gmm_sigmas(summary):
+        ax.plot(
+            alpha,
+            0.5 * np.log1p(sigma**2 / np.expm1(2 * alpha)),
+            "k-",
+            lw=1,
+            label=f"d → ∞ (GMM σ={sigma:g})",
+        )
     ax.set(
         xscale="log",
         yscale="log",
         xlabel="α = ln n / d",
         ylabel="t_C",
-        title="Collapse time against α (o measured, x theory)",
+        title="Collapse time against α (o measured, x closed form at d)",
     )
+    legend(ax, fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -339,6 +347,10 @@ def n_needed(summary: xr.Dataset, eps: float, score: str = "empirical"):
     reach it, a lower bound)."""
     table = run_table(summary)
     table = table[table.score == score]
+    if "kind" in table:  # the closed form is the GMM's: its grids of n at each d
+        table = table[table.kind == "gmm"]
+    n_per_d = table.groupby("d").n.nunique()
+    table = table[table.d.isin(n_per_d[n_per_d >= 2].index)]  # a d needs an n grid
     fig, ax = plt.subplots(figsize=(5.5, 4))
     if table.empty:
         no_runs(ax)
