@@ -214,7 +214,9 @@ def get_cloning(w):
     """The cloning settings of one score: `exact_pairs` pairs for the exact scores (cheap, so
     many: the SE of t_S falls like 1/√pairs), `pairs` for a learned one."""
     cfg = run_section(w, "cloning")
-    pairs = cfg["exact_pairs"] if w.score in config_checks.EXACT_SCORES else cfg["pairs"]
+    pairs = (
+        cfg["exact_pairs"] if w.score in config_checks.EXACT_SCORES else cfg["pairs"]
+    )
     out = {"times": cfg["times"], "t_lo": cfg["t_lo"], "pairs": pairs}
     out.update({k: cfg[k] for k in ("at", "stored_pairs") if cfg.get(k)})
     return out
@@ -294,12 +296,12 @@ def _json(section):
     return json.dumps(section, sort_keys=True)
 
 
-def job_cost(rule, w):
+def job_cost(stage, w):
     """(Cost, on a GPU) of one job of a heavy rule, recorded for the dry run's table."""
     d, n, side = int(w.d), int(w.n), get_side(w)
     time_cfg = get_time(w)
     steps, saved = _grid(_json(time_cfg))
-    if rule == "sample":
+    if stage == "sample":
         cloning, sampler = get_cloning(w), get_sampler(w)
         cost = cost_model.sample_cost(
             d,
@@ -316,44 +318,44 @@ def job_cost(rule, w):
             budget_bytes(),
         )
         gpu = True
-    elif rule == "theory":
+    elif stage == "theory":
         cost = cost_model.theory_cost(
             d, n, saved, get_entropy_samples(w), budget_bytes()
         )
         gpu = cost.seconds(gpu=False) > 2 * 3600  # a CPU thread would take hours
-    elif rule == "train":
+    elif stage == "train":
         cost = cost_model.train_cost(config["models"][w.model], d, side)
         gpu = True
     else:  # metrics
         samples = get_sampler(w)["samples"]
         cost = cost_model.metrics_cost(d, n, samples, saved, budget_bytes())
         gpu = False
-    key = (rule, tuple(sorted(dict(w).items())))
+    key = (stage, tuple(sorted(dict(w).items())))
     ESTIMATES[key] = (cost.seconds(gpu), gpu, cost.mem_mb())
     return cost, gpu
 
 
-def mem_mb_of(rule, floor=4000):
-    return lambda w: max(floor, job_cost(rule, w)[0].mem_mb())
+def mem_mb_of(stage, floor=4000):
+    return lambda w: max(floor, job_cost(stage, w)[0].mem_mb())
 
 
-def runtime_of(rule, floor=30):
+def runtime_of(stage, floor=30):
     def runtime(w):
-        cost, gpu = job_cost(rule, w)
+        cost, gpu = job_cost(stage, w)
         return max(floor, cost_model.runtime_min(cost.seconds(gpu)))
 
     return runtime
 
 
-def gpu_of(rule):
-    return lambda w: int(job_cost(rule, w)[1])
+def gpu_of(stage):
+    return lambda w: int(job_cost(stage, w)[1])
 
 
 def _print_estimates():
     if workflow.dryrun and ESTIMATES:
         per_rule = {}
-        for (rule, _), value in ESTIMATES.items():
-            per_rule.setdefault(rule, []).append(value)
+        for (stage, _), value in ESTIMATES.items():
+            per_rule.setdefault(stage, []).append(value)
         print(cost_model.report(per_rule))
 
 
