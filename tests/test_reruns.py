@@ -113,11 +113,13 @@ def split(jobs: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def assert_reruns(jobs: dict[str, int], pipeline: dict[str, int], runs: int):
-    """Exactly `pipeline` among the pipeline rules; the grid report and index once, and each
-    per-run report rule (report_*) once per rerun run."""
+    """Exactly `pipeline` among the pipeline rules; the grid-level reports (the grid report,
+    the comparison with the paper and its report, the index) once, and each per-run report
+    rule (report_*) once per rerun run."""
     core, reports = split(jobs)
     assert core == pipeline, jobs
-    assert reports.pop("report_summary", 0) == 1 and reports.pop("index", 0) == 1, jobs
+    for grid_level in ("report_summary", "reproduction", "report_reproduction", "index"):
+        assert reports.pop(grid_level, 0) == 1, (grid_level, jobs)
     assert all(r.startswith("report_") and c == runs for r, c in reports.items()), jobs
 
 
