@@ -206,7 +206,7 @@ def test_rule_code_inputs_follow_the_script_imports():
             script = re.search(r'script:\s*"\.\./\.\./scripts/(\w+)\.py"', body)
             if script:
                 rules[rule] = (re.findall(r"code=code\(([^)]*)\)", body), script.group(1))
-    assert len(rules) == 11, sorted(rules)
+    assert len(rules) == 13, sorted(rules)
     for rule, (calls, script) in rules.items():
         # one derived list: the rule's own script (and the notebook a report renders)
         assert calls and calls[0].split(",")[0] == f'"{script}"', (rule, calls)

@@ -113,10 +113,12 @@ REFERENCE = f"{workflow.basedir}/workflow/reference/paper.yaml"
 def get_laws():
     """Every dataset's law and settings (name → entry without its grid lists): the
     reproduction selects the runs that measure a paper's number by these."""
-    return {
-        name: canonical({k: v for k, v in spec.items() if k not in GRID_KEYS})
-        for name, spec in config["datasets"].items()
-    }
+    return canonical(  # sorted names too: reordering the datasets in the YAML reruns nothing
+        {
+            name: {k: v for k, v in spec.items() if k not in GRID_KEYS}
+            for name, spec in config["datasets"].items()
+        }
+    )
 
 
 def get_dataset_spec(w):
