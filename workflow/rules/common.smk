@@ -274,24 +274,14 @@ def _grid(time_json):
 
 
 @functools.lru_cache(maxsize=None)
-def _clone_steps(time_json, cloning_json):
-    """Σ over the clone times of the steps left to t_min."""
+def _clones(time_json, cloning_json):
+    """(clone times, Σ over them of the steps left to t_min) of a time and cloning section."""
     from diffregimes import process
 
     time_cfg, cloning = json.loads(time_json), json.loads(cloning_json)
     grid, _ = process.grid_from_settings(time_cfg)
     idx = process.clone_indices_from_settings(grid, cloning, time_cfg["T"])
-    return int(sum(len(grid) - 1 - k for k in idx))
-
-
-@functools.lru_cache(maxsize=None)
-def _clone_count(time_json, cloning_json):
-    """The number of clone times of a time and cloning section."""
-    from diffregimes import process
-
-    time_cfg, cloning = json.loads(time_json), json.loads(cloning_json)
-    grid, _ = process.grid_from_settings(time_cfg)
-    return len(process.clone_indices_from_settings(grid, cloning, time_cfg["T"]))
+    return len(idx), int(sum(len(grid) - 1 - k for k in idx))
 
 
 def _json(section):
@@ -305,6 +295,7 @@ def job_cost(stage, w):
     steps, saved = _grid(_json(time_cfg))
     if stage == "sample":
         cloning, sampler = get_cloning(w), get_sampler(w)
+        clone_times, clone_steps = _clones(_json(time_cfg), _json(cloning))
         cost = cost_model.sample_cost(
             d,
             n,
@@ -313,10 +304,10 @@ def job_cost(stage, w):
             sampler,
             cloning,
             saved,
-            _clone_steps(_json(time_cfg), _json(cloning)),
+            clone_steps,
             config["models"].get(w.score),
             side,
-            _clone_count(_json(time_cfg), _json(cloning)),
+            clone_times,
             budget_bytes(),
         )
         gpu = True
