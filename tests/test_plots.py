@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from diffregimes import plots, plots_grid  # noqa: E402
+from diffregimes import plots, plots_grid, plots_memorisation  # noqa: E402
 
 GRID_FIGURES = [
     lambda s: plots_grid.phase_diagram(s, "empirical"),
@@ -25,8 +25,12 @@ GRID_FIGURES = [
     lambda s: plots_grid.collapse_fractions(s, "empirical"),
     plots_grid.collapse_vs_alpha,
     lambda s: plots_grid.n_needed(s, 0.25, "empirical"),
-    plots_grid.memorisation_by_step,
-    plots_grid.score_errors_by_step,
+    plots_memorisation.memorisation_by_step,
+    plots_memorisation.memorisation_collapse,
+    plots_memorisation.time_scales_vs_n,
+    plots_memorisation.width_axis,
+    plots_memorisation.phase_diagram_nw,
+    plots_memorisation.score_errors_by_step,
 ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 from pathlib import Path
 
 import yaml
@@ -53,6 +54,8 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader, node, deep=False):
     seen: dict = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise ConfigError(
@@ -214,6 +217,21 @@ def side_of(spec: dict, d: int) -> int:
 
 # Sections a dataset entry may override for its own cells (the paper's figures differ in
 # their time grids and clone counts); none of them is part of the data.
+def model_settings(entry: dict, n: int) -> dict:
+    """A `models:` entry as one cell of n training points trains it: `steps_per_point` makes
+    the length max(steps, ⌈steps_per_point · n⌉) (τ_mem grows ∝ n, so a grid over n trains
+    each cell past it), and `batch_size: full` is full-batch training (every point at every
+    step, B = n). The result names only what decides the model, so an explicit equal setting
+    gives the same model."""
+    out = dict(entry)
+    per_point = out.pop("steps_per_point", None)
+    if per_point is not None:
+        out["steps"] = max(int(out["steps"]), math.ceil(per_point * int(n)))
+    if out.get("batch_size") == "full":
+        out["batch_size"], out["full_batch"] = int(n), True
+    return out
+
+
 RUN_SECTIONS = ("time", "sampler", "cloning")
 
 

@@ -13,7 +13,9 @@ Agreement, said per row in `criterion`:
 - a closed form the code computes: |measured − paper| ≤ tolerance (the paper's rounding);
 - φ against its closed form over every clone time: the largest deviation in SE units within
   the 3 SE level Bonferroni-corrected for the number of clone times (the paper's "within 0.015"
-  bound is a statement about 10⁴ pairs, not a test).
+  bound is a statement about 10⁴ pairs, not a test);
+- a scaling exponent of the follow-up (τ_mem ∝ n W⁻¹, τ_gen ∝ n⁰ W⁻¹): one weighted fit over
+  all the selected runs (GRID_MEASURES), against the exact exponent within 3 SE.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import xarray as xr
 import yaml
 from scipy import stats
 
-from . import process, theory
+from . import memorisation, process, theory
 
 COLUMNS = [
     "figure",
@@ -218,6 +220,66 @@ def k_over_k_S(run, entry):  # noqa: N802
     return float(k[1] / k_s), float((k[2] - k[0]) / 0.02 * se / k_s)
 
 
+def tau_mem_over_n(run, entry):
+    """τ_mem/n; its SE from τ_mem's interval (half its width over 2 z₉₇.₅)."""
+    n = float(run["n"])
+    lo, hi = _scalar(run, "tau_mem_ci_low"), _scalar(run, "tau_mem_ci_high")
+    return _scalar(run, "tau_mem") / n, (hi - lo) / (2 * stats.norm.ppf(0.975)) / n
+
+
+# --- grid measures: (all selected runs, entry) → (measured, se): a fit across runs -----------
+
+
+def _exponent(runs, axis, tau):
+    """The fitted exponent of τ ∝ axis^b over the selected learned runs (memorisation.fit_runs)."""
+    if "f_mem_by_step" not in runs:
+        return float("nan"), float("nan")
+    learned = runs.isel(run=np.flatnonzero(runs.f_mem_by_step.notnull().any("step").values))
+    fit = memorisation.fit_runs(learned, axis, tau)
+    if fit["points"] < 3:
+        raise LookupError(
+            f"{fit['points']} of {learned.sizes['run']} learned runs have a finite {tau} "
+            "(at least 3 are needed for a fit): train longer (models.*.steps_per_point)"
+        )
+    return fit["exponent"], fit["se"]
+
+
+def tau_mem_exponent_n(runs, entry):
+    """b of τ_mem ∝ n^b (the follow-up: 1)."""
+    return _exponent(runs, "n", "tau_mem")
+
+
+def tau_mem_dsm_exponent_n(runs, entry):
+    """b of τ_mem (DSM loss gap) ∝ n^b (the follow-up: 1)."""
+    return _exponent(runs, "n", "tau_mem_dsm")
+
+
+def tau_gen_exponent_n(runs, entry):
+    """b of τ_gen ∝ n^b (the follow-up: 0)."""
+    return _exponent(runs, "n", "tau_gen")
+
+
+def tau_mem_exponent_width(runs, entry):
+    """b of τ_mem ∝ W^b at fixed n (the follow-up: −1)."""
+    return _exponent(runs, "model_width", "tau_mem")
+
+
+def tau_gen_exponent_width(runs, entry):
+    """b of τ_gen ∝ W^b (the follow-up: −1)."""
+    return _exponent(runs, "model_width", "tau_gen")
+
+
+GRID_MEASURES = {
+    f.__name__: f
+    for f in (
+        tau_mem_exponent_n,
+        tau_mem_dsm_exponent_n,
+        tau_gen_exponent_n,
+        tau_mem_exponent_width,
+        tau_gen_exponent_width,
+    )
+}
+
 MEASURES = {
     f.__name__: f
     for f in (
@@ -236,8 +298,9 @@ MEASURES = {
         t_S_ddpm,
         t_S_measured,
         k_over_k_S,
+        tau_mem_over_n,
     )
-}
+} | GRID_MEASURES
 NEEDS_NO_RUN = ("phi_at_crossing",)
 
 
@@ -285,7 +348,12 @@ def compare(summary: xr.Dataset | None, laws: dict[str, dict], entries: list[dic
             runs_ds = select_runs(summary, laws, select) if summary is not None else None
             n_runs = 0 if runs_ds is None else runs_ds.sizes["run"]
             runs = f"{n_runs} run(s): {_describe_select(select)}"
-            for i in range(n_runs):
+            if entry["measure"] in GRID_MEASURES:  # one fit over all the runs
+                try:
+                    values = [measure(runs_ds, entry)] if n_runs else []
+                except LookupError as err:
+                    note = str(err)
+            for i in range(0 if entry["measure"] in GRID_MEASURES else n_runs):
                 try:
                     out = measure(runs_ds.isel(run=i), entry)
                 except LookupError as err:

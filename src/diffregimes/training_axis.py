@@ -5,9 +5,12 @@ generates samples by the follow-up's protocol: deterministic DDIM (η = 0, `ddim
 from the same x_T at every checkpoint, so differences come from training alone; the sample is
 the clean estimate x̂₀ of the end state. Their memorised fraction gives f_mem(step) with Wilson
 intervals; τ_mem is the step at which it first reaches a level, with the interval the f_mem
-intervals give it. On noised held-out
-points, the mean squared distance of the learned score to the empirical score (memorising) and
-to the population score (generalising) says which of the two the network is learning.
+intervals give it. On noised held-out points, the mean squared distance of the learned score
+to the empirical score (memorising) and to the population score (generalising) says which of
+the two the network is learning. Two more measurements per checkpoint: the held-out-minus-
+training DSM loss gap per noise level (a second τ_mem that needs no sampling) and the quality
+of the samples (the population-score error where the law is known, the energy distance between
+x̂₀ and held-out points always), whose plateau gives τ_gen (memorisation.py).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import math
 import numpy as np
 import torch
 import xarray as xr
+from scipy import stats
 
-from . import metrics, process, samplers
+from . import memorisation, metrics, process, samplers
+from .memorisation import tau_mem
 from .neighbours import nearest
 from .nets import LearnedScore
 from .scores import EmpiricalScore
@@ -34,42 +39,6 @@ def evaluated_steps(model_cfg: dict, count: int) -> list[int]:
     grid = checkpoint_steps(model_cfg["steps"], model_cfg["checkpoints"])
     pick = np.unique(np.round(np.linspace(0, len(grid) - 1, min(count, len(grid)))).astype(int))
     return [grid[i] for i in pick]
-
-
-def _first_reach(steps, f, level: float) -> float:
-    """First step at which f reaches `level`, interpolated in log(step); NaN if never."""
-    above = np.flatnonzero(f >= level)
-    if above.size == 0:
-        return float("nan")
-    i = above[0]
-    if i == 0:
-        return float(steps[0])
-    w = (level - f[i - 1]) / (f[i] - f[i - 1])
-    return float(np.exp(np.log(steps[i - 1]) + w * (np.log(steps[i]) - np.log(steps[i - 1]))))
-
-
-def tau_mem(steps, f_mem, level: float, ci_low=None, ci_high=None):
-    """τ_mem: first training step at which f_mem reaches `level`, interpolated in log(step)
-    between evaluated checkpoints (SCIENCE.md §5), with its interval from the f_mem intervals:
-    the upper bounds reach the level first (the early end), the lower bounds last (the late
-    end).
-
-    Returns (tau, low, high, censored). Where f_mem never reaches the level, tau is NaN,
-    censored is True and the interval is (last step, inf): "> last step" as a lower bound.
-    Without intervals, low and high are NaN."""
-    steps = np.asarray(steps, dtype=np.float64)
-    f = np.asarray(f_mem, dtype=np.float64)
-    tau = _first_reach(steps, f, level)
-    lo = hi = float("nan")
-    if ci_low is not None and ci_high is not None:
-        lo = _first_reach(steps, np.asarray(ci_high, dtype=np.float64), level)
-        hi = _first_reach(steps, np.asarray(ci_low, dtype=np.float64), level)
-        hi = float("inf") if np.isnan(hi) else hi
-    censored = bool(np.isnan(tau))
-    if censored:
-        lo = float(steps[-1]) if not np.isfinite(lo) else max(lo, float(steps[-1]))
-        hi = float("inf")
-    return tau, lo, hi, censored
 
 
 def score_errors(score_fn, reference, test_x, times, generator):
@@ -104,7 +73,8 @@ def measure_training_axis(
     budget_bytes: int,
     device="cpu",
 ) -> xr.Dataset:
-    """f_mem_by_step(step), score_error_{empirical,population}(step, time) and tau_mem.
+    """f_mem_by_step(step), score_error_{empirical,population}(step, time), dsm_gap(step, time),
+    energy_distance(step), tau_mem, tau_mem_dsm and tau_gen with their intervals.
 
     `population` is the law's exact score, or None where the law is unknown."""
     run_grid, keep = process.grid_from_settings(time_cfg)
@@ -116,10 +86,19 @@ def measure_training_axis(
     empirical = EmpiricalScore(a, budget_bytes)
     points = min(axis_cfg["score_points"], test.sizes["item"])
     test_x = torch.as_tensor(test["x"].values[:points], dtype=torch.float32, device=device)
+    train_x = a[: min(axis_cfg["score_points"], a.shape[0])]
+    held_out = torch.as_tensor(test["x"].values, dtype=torch.float32, device=device)
+    draws = axis_cfg.get("dsm_draws", 2)
 
     f_mem = np.empty((len(steps), 3))
     err_emp = np.empty((len(steps), len(times)))
     err_pop = np.full((len(steps), len(times)), np.nan)
+    err_pop_mean = np.full((len(steps), 2), np.nan)  # mean over t, SE over held-out points
+    gap = np.empty((len(steps), len(times)))
+    gap_se = np.empty((len(steps), len(times)))
+    gap_mean = np.empty((len(steps), 2))
+    loss_held_out = np.empty(len(steps))
+    energy = np.empty((len(steps), 2))
     for j, step in enumerate(steps):
         state = load_checkpoint(folder / CHECKPOINT.format(step), device)
         net.load_state_dict(state["ema"])
@@ -131,22 +110,54 @@ def measure_training_axis(
         dist, _ = nearest(x_hat, a, k=2, budget_bytes=budget_bytes)
         ratio = metrics.memorisation_ratio(dist[:, 0].cpu(), dist[:, 1].cpu())
         f_mem[j] = metrics.memorised_fraction(ratio, axis_cfg["memorisation_threshold"], level)
+        energy[j] = memorisation.energy_distance(x_hat, held_out)
         egen = torch.Generator(device=device).manual_seed(seed + 1)
         err_emp[j] = score_errors(score, [empirical] * len(times), test_x, times, egen)
         if population is not None:
             pgen = torch.Generator(device=device).manual_seed(seed + 1)
-            err_pop[j] = score_errors(score, [population] * len(times), test_x, times, pgen)
+            per_point = point_errors(score, population, test_x, times, pgen)
+            err_pop[j] = per_point.mean(0)
+            err_pop_mean[j] = (
+                per_point.mean(1).mean(),
+                per_point.mean(1).std(ddof=1) / (math.sqrt(per_point.shape[0])),
+            )
+        # the same noise for every checkpoint: the gap's changes come from training alone
+        test_loss = memorisation.dsm_losses(
+            score, test_x, times, torch.Generator(device=device).manual_seed(seed + 2), draws
+        )
+        train_loss = memorisation.dsm_losses(
+            score, train_x, times, torch.Generator(device=device).manual_seed(seed + 3), draws
+        )
+        gap[j], gap_se[j], gap_mean[j, 0], gap_mean[j, 1] = memorisation.dsm_gap(
+            test_loss, train_loss
+        )
+        loss_held_out[j] = test_loss.mean()
         log.info(
-            "step %d: f_mem = %.3f, score error vs empirical (t=%.3g) = %.4g",
+            "step %d: f_mem = %.3f, DSM gap = %.3g ± %.2g, energy distance = %.3g ± %.2g",
             step,
             f_mem[j, 0],
-            times[len(times) // 2],
-            err_emp[j, len(times) // 2],
+            gap_mean[j, 0],
+            gap_mean[j, 1],
+            energy[j, 0],
+            energy[j, 1],
         )
 
     tau, tau_lo, tau_hi, censored = tau_mem(
         steps, f_mem[:, 0], axis_cfg["tau_mem_level"], f_mem[:, 1], f_mem[:, 2]
     )
+    # relative gap (held-out − training)/held-out: scale-free, so one level serves every cell
+    z = stats.norm.ppf(0.5 + level / 2)
+    rel = gap_mean[:, 0] / loss_held_out
+    rel_half = z * gap_mean[:, 1] / loss_held_out
+    gap_level = axis_cfg.get("dsm_gap_level", 0.5)
+    tau_d, tau_d_lo, tau_d_hi, censored_d = tau_mem(
+        steps, rel, gap_level, rel - rel_half, rel + rel_half
+    )
+    tolerance = axis_cfg.get("plateau_tolerance", 0.1)
+    gen_energy = memorisation.tau_gen(steps, energy[:, 0], tolerance)
+    gen_pop = memorisation.tau_gen(steps, err_pop_mean[:, 0], tolerance)
+    gen = gen_pop if population is not None else gen_energy
+    width = model_cfg.get("width", model_cfg.get("widths", [np.nan])[0])
     ds = xr.Dataset(
         {
             "f_mem_by_step": ("step", f_mem[:, 0]),
@@ -154,35 +165,104 @@ def measure_training_axis(
             "f_mem_by_step_ci_high": ("step", f_mem[:, 2]),
             "score_error_empirical": (("step", "time"), err_emp),
             "score_error_population": (("step", "time"), err_pop),
+            "score_error_population_mean": ("step", err_pop_mean[:, 0]),
+            "score_error_population_mean_se": ("step", err_pop_mean[:, 1]),
+            "dsm_gap": (("step", "time"), gap),
+            "dsm_gap_se": (("step", "time"), gap_se),
+            "dsm_gap_mean": ("step", gap_mean[:, 0]),
+            "dsm_gap_mean_se": ("step", gap_mean[:, 1]),
+            "dsm_gap_relative": ("step", rel),
+            "energy_distance": ("step", energy[:, 0]),
+            "energy_distance_se": ("step", energy[:, 1]),
             "tau_mem": tau,
             "tau_mem_ci_low": tau_lo,
             "tau_mem_ci_high": tau_hi,
             "tau_mem_censored": censored,
+            "tau_mem_dsm": tau_d,
+            "tau_mem_dsm_ci_low": tau_d_lo,
+            "tau_mem_dsm_ci_high": tau_d_hi,
+            "tau_mem_dsm_censored": censored_d,
+            "tau_gen": gen[0],
+            "tau_gen_bracket_low": gen[1],
+            "tau_gen_bracket_high": gen[2],
+            "tau_gen_energy": gen_energy[0],
+            "tau_gen_energy_bracket_low": gen_energy[1],
+            "tau_gen_energy_bracket_high": gen_energy[2],
+            "model_width": float(width),
+            "model_batch_size": int(model_cfg["batch_size"]),
+            "model_steps": int(model_cfg["steps"]),
         },
         coords={"step": np.asarray(steps, dtype=np.int64), "time": times},
     )
-    ds["f_mem_by_step"].attrs["description"] = (
-        f"fraction of x̂₀ of deterministic DDIM ({axis_cfg['ddim_steps']} steps, the same x_T "
-        "at every step) from the EMA weights (warm-up min(ema, (1 + k)/(10 + k))) at this "
-        "training step with d₁/d₂ < threshold; Wilson interval"
-    )
+    describe(ds, axis_cfg, population is not None, gap_level, tolerance)
+    if population is None:
+        ds["score_error_population"].attrs["not_applicable"] = "the data's law is unknown"
+    return ds
+
+
+def point_errors(score_fn, reference, test_x, times, generator) -> np.ndarray:
+    """Δ_t ‖s_θ − s_ref‖²/d per held-out point (points, times), the noise drawn on the points'
+    device from `generator`."""
+    out = np.empty((test_x.shape[0], len(times)))
+    for k, t in enumerate(times):
+        z = torch.randn(test_x.shape, generator=generator, dtype=test_x.dtype, device=test_x.device)
+        x = process.noised(test_x, float(t), z)
+        diff = score_fn(x, float(t)) - reference(x, float(t))
+        out[:, k] = (process.delta(float(t)) * diff.pow(2).mean(1)).double().cpu().numpy()
+    return out
+
+
+def describe(ds: xr.Dataset, axis_cfg: dict, known_law: bool, gap_level, tolerance) -> None:
+    """The variables' descriptions (what each number is, in the store)."""
+    quality = "score_error_population_mean" if known_law else "energy_distance"
+    text = {
+        "f_mem_by_step": (
+            f"fraction of x̂₀ of deterministic DDIM ({axis_cfg['ddim_steps']} steps, the same x_T "
+            "at every step) from the EMA weights (warm-up min(ema, (1 + k)/(10 + k))) at this "
+            "training step with d₁/d₂ < threshold; Wilson interval"
+        ),
+        "score_error_population_mean": (
+            "Δ_t ‖s_θ − s_population‖²/d on noised held-out points, mean over the saved times "
+            "(the quality measure of τ_gen where the law is known); SE over the points"
+        ),
+        "dsm_gap": (
+            "held-out minus training DSM loss ‖ε̂ − z‖²/d at each noise level, the same noise at "
+            "every step; SE in dsm_gap_se (the two point sets independent)"
+        ),
+        "dsm_gap_mean": "dsm_gap averaged over the saved times (per point first); SE in _se",
+        "dsm_gap_relative": "dsm_gap_mean over the held-out DSM loss (scale-free)",
+        "energy_distance": (
+            "energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'| (U-statistics) between the x̂₀ samples "
+            "and the held-out set; delete-a-block jackknife SE"
+        ),
+        "tau_mem": (
+            f"first step where f_mem_by_step reaches {axis_cfg['tau_mem_level']} "
+            "(log-interpolated); NaN if never within training (tau_mem_censored)"
+        ),
+        "tau_mem_ci_low": (
+            "early end of τ_mem's interval: where the f_mem upper bounds reach the level; the "
+            "last step when the level is never reached (τ_mem > last step)"
+        ),
+        "tau_mem_ci_high": (
+            "late end of τ_mem's interval: where the f_mem lower bounds reach the level (inf if "
+            "they never do)"
+        ),
+        "tau_mem_censored": "f_mem never reached the level: τ_mem > last step",
+        "tau_mem_dsm": (
+            f"first step where dsm_gap_relative reaches {gap_level} (log-interpolated), with "
+            "the interval its CI gives; a second τ_mem that needs no sampling"
+        ),
+        "tau_gen": (
+            f"first step where the quality measure ({quality}) "
+            f"has made all but {tolerance} of its drop to its best value; bracket: the "
+            "evaluated checkpoints around it"
+        ),
+        "tau_gen_energy": "τ_gen from energy_distance (the same rule)",
+        "model_width": "hidden width of the MLP (first width of a U-Net)",
+    }
+    for name, desc in text.items():
+        ds[name].attrs["description"] = desc
     for ref in ("empirical", "population"):
         ds[f"score_error_{ref}"].attrs["description"] = (
             f"Δ_t · mean ‖s_θ − s_{ref}‖² / d on noised held-out points (ε-scale MSE)"
         )
-    if population is None:
-        ds["score_error_population"].attrs["not_applicable"] = "the data's law is unknown"
-    ds["tau_mem"].attrs["description"] = (
-        f"first step where f_mem_by_step reaches {axis_cfg['tau_mem_level']} "
-        "(log-interpolated); NaN if never within training (tau_mem_censored)"
-    )
-    ds["tau_mem_ci_low"].attrs["description"] = (
-        "early end of τ_mem's interval: where the f_mem upper bounds reach the level; the last "
-        "step when the level is never reached (τ_mem > last step)"
-    )
-    ds["tau_mem_ci_high"].attrs["description"] = (
-        "late end of τ_mem's interval: where the f_mem lower bounds reach the level (inf if "
-        "they never do)"
-    )
-    ds["tau_mem_censored"].attrs["description"] = "f_mem never reached the level: τ_mem > last step"
-    return ds

@@ -189,7 +189,8 @@ def get_training_axis(w):
 
 
 def get_model_cfg(w):
-    return canonical(config["models"][w.model])
+    """The model entry as this cell trains it (its length and batch resolved for n)."""
+    return canonical(config_checks.model_settings(config["models"][w.model], int(w.n)))
 
 
 def run_section(w, name):
@@ -305,7 +306,9 @@ def job_cost(stage, w):
             cloning,
             saved,
             clone_steps,
-            config["models"].get(w.score),
+            config_checks.model_settings(config["models"][w.score], n)
+            if is_model(w.score)
+            else None,
             side,
             clone_times,
             budget_bytes(),
@@ -317,7 +320,9 @@ def job_cost(stage, w):
         )
         gpu = cost.seconds(gpu=False) > 2 * 3600  # a CPU thread would take hours
     elif stage == "train":
-        cost = cost_model.train_cost(config["models"][w.model], d, side)
+        cost = cost_model.train_cost(
+            config_checks.model_settings(config["models"][w.model], n), d, side
+        )
         gpu = True
     else:  # metrics
         samples = get_sampler(w)["samples"]
