@@ -97,6 +97,20 @@ def test_duplicate_dataset_name_fails_with_both_lines(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_yaml_merge_keys_pass_the_duplicate_check_and_a_real_duplicate_still_fails(tmp_path):
+    """`<<: *anchor` then an overridden key (config/reproduce.yaml's models) is not a key written
+    twice; the same key twice in one mapping still is."""
+    from diffregimes.config import ConfigError, check_duplicate_keys
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("models:\n  a: &m {arch: mlp, width: 128}\n  b: {<<: *m, width: 32}\n")
+    check_duplicate_keys(path)
+    assert yaml.safe_load(path.read_text())["models"]["b"] == {"arch": "mlp", "width": 32}
+    path.write_text("models:\n  a: &m {arch: mlp}\n  b: {<<: *m, width: 32, width: 64}\n")
+    with pytest.raises(ConfigError, match="'width': written twice"):
+        check_duplicate_keys(path)
+
+
 def test_unknown_key_suggestion_needs_a_close_match():
     schema = {
         "type": "object",
