@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run reproduce test lint dry-run bench report chromium fashion-mnist clean
+.PHONY: run reproduce test lint dry-run bench bench-gpu report chromium fashion-mnist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,12 @@ test: $(VENV)/.installed chromium fashion-mnist
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run_all.py
+
+# The GPU check (bench/gpu.py, under 5 minutes): needs only torch and numpy besides the library,
+# so it runs with .venv's python where there is one, else with $(PYTHON) (a GPU machine's torch).
+# Without CUDA it runs at CPU sizes; ARGS go to the script (e.g. ARGS="--size tiny").
+bench-gpu:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bench/gpu.py $(ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src scripts tests bench

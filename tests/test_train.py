@@ -268,3 +268,93 @@ def test_score_errors_draw_the_noise_on_the_inputs_device(monkeypatch):
     zero = lambda y, t: torch.zeros_like(y)  # noqa: E731
     score_errors(zero, [zero, zero], x, [0.1, 0.5], torch.Generator().manual_seed(0))
     assert seen == [x.device, x.device]
+
+
+def _train_small(folder, steps=40, log_every=10):
+    cfg = model_cfg(width=16, steps=steps, checkpoints=2, log_every=log_every)
+    torch.manual_seed(0)
+    net = nets.build_network(cfg, 3)
+    data_ = torch.randn(32, 3, generator=torch.Generator().manual_seed(1))
+    return train.train(net, data_, cfg, TIME, 7, folder, "fp")
+
+
+@pytest.mark.parametrize("saved_kind", ["cuda", None])
+def test_checkpoint_of_another_device_type_resumes_reseeded(tmp_path, caplog, saved_kind):
+    """A checkpoint whose generator state is a CUDA generator's (16 bytes: seed and offset,
+    with or without the `rng_device` key of newer checkpoints) resumes on the CPU: the
+    generator is reseeded from (seed, step), the same way at every resume."""
+    _train_small(tmp_path / "full")
+    first = train.CHECKPOINT.format(train.checkpoint_steps(40, 2)[0])
+    results = []
+    for copy_ in ("a", "b"):
+        folder = tmp_path / copy_
+        folder.mkdir()
+        state = store.load_checkpoint(tmp_path / "full" / first)
+        state["rng"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+        if saved_kind is None:
+            state.pop("rng_device", None)
+        else:
+            state["rng_device"] = saved_kind
+        torch.save(state, folder / first)
+        with caplog.at_level("INFO"):
+            results.append(_train_small(folder))
+        assert "reseeded from (seed 7, step 10)" in caplog.text
+    assert results[0]["step"] == 40
+    for key, value in results[0]["ema"].items():
+        torch.testing.assert_close(results[1]["ema"][key], value, rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_this_device_type_restores_its_generator(tmp_path, caplog):
+    _train_small(tmp_path / "full")
+    state = store.load_checkpoint(tmp_path / "full" / train.CHECKPOINT.format(40))
+    assert state["rng_device"] == "cpu"
+    with caplog.at_level("INFO"):
+        _train_small(tmp_path / "full", steps=40)
+    assert "reseeded" not in caplog.text
+
+
+def test_the_loop_reads_the_loss_once_per_log_window(tmp_path, monkeypatch):
+    """No float()/item() of the loss per step (on CUDA each waits for the device): the losses
+    stay on the device and one copy per log or checkpoint step brings them over; the log still
+    holds each window's mean."""
+    reads = {"float": 0, "tolist": 0}
+    real_float, real_tolist = torch.Tensor.__float__, torch.Tensor.tolist
+
+    def counted_float(self):
+        reads["float"] += 1
+        return real_float(self)
+
+    def counted_tolist(self):
+        reads["tolist"] += 1
+        return real_tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "__float__", counted_float)
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    result = _train_small(tmp_path / "a", steps=100)
+    flushes = len({10, 100, *range(10, 101, 10)})  # checkpoints at 10 and 100, logs every 10
+    assert reads["float"] == 0, reads
+    assert reads["tolist"] <= flushes, reads
+    monkeypatch.undo()
+    # the same run logged at every step: each window's entry is the mean of its steps' losses
+    every = _train_small(tmp_path / "b", steps=100, log_every=1)["history"]["loss"]
+    means = np.mean(np.reshape(every, (10, 10)), axis=1)
+    assert result["history"]["step"] == list(range(10, 101, 10))
+    np.testing.assert_allclose(result["history"]["loss"], means, rtol=1e-12)
+
+
+def test_a_fused_optimiser_state_resumes_with_this_devices_update(tmp_path):
+    """A checkpoint from CUDA holds a fused AdamW's groups (fused=True) and device step
+    counts: resumed on the CPU, the update stays the CPU's (foreach), so the run is the
+    uninterrupted one bit for bit."""
+    straight = _train_small(tmp_path / "straight")
+    _train_small(tmp_path / "full")
+    first = train.CHECKPOINT.format(train.checkpoint_steps(40, 2)[0])
+    state = store.load_checkpoint(tmp_path / "full" / first)
+    for group in state["optimizer"]["param_groups"]:
+        group.update(fused=True, foreach=None)
+    folder = tmp_path / "resumed"
+    folder.mkdir()
+    torch.save(state, folder / first)
+    resumed = _train_small(folder)
+    for key, value in straight["ema"].items():
+        torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=0)

@@ -20,7 +20,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .process import delta, log_snr
-from .store import load_checkpoint, save_atomic
 
 ARCHS = ("mlp", "unet")
 
@@ -384,6 +383,8 @@ class LearnedScore:
 
 def save_trained(path, ema_state: dict, arch: dict, d: int, step: int, image_shape=None):
     """The final model file: EMA weights and what is needed to rebuild the network."""
+    from .store import save_atomic  # here: the models import on a GPU machine without zarr
+
     save_atomic(
         {
             "ema": ema_state,
@@ -398,6 +399,8 @@ def save_trained(path, ema_state: dict, arch: dict, d: int, step: int, image_sha
 
 def load_trained(path, device="cpu") -> nn.Module:
     """Rebuild a network from `save_trained`'s file, with its EMA weights (weights_only)."""
+    from .store import load_checkpoint
+
     state = load_checkpoint(path, device)
     net = build_network(state["arch"], state["d"], tuple(state["image_shape"]) or None)
     net.load_state_dict(state["ema"])

@@ -6,9 +6,20 @@ z ~ N(0, I) and x = a e^{−t} + √Δ_t z, minimise ‖ε̂_θ(x, t) − z‖²
 s_θ = −ε̂_θ/√Δ_t (nets.LearnedScore).
 
 Checkpoints hold tensors and plain containers only (loaded with ``weights_only=True``): model,
-EMA weights, optimiser, step, RNG state and the loss history. They sit on a log-spaced grid of
-steps plus the last, so a killed job resumes from the newest one and the training-time axis
-(f_mem against step, the follow-up paper's τ_mem) can be measured on them.
+EMA weights, optimiser, step, RNG state (with the device type of its generator) and the loss
+history. They sit on a log-spaced grid of steps plus the last, so a killed job resumes from the
+newest one and the training-time axis (f_mem against step, the follow-up paper's τ_mem) can be
+measured on them. A checkpoint written on another device type (CPU ↔ CUDA) resumes too: its
+generator state cannot go into this device's generator, so the generator is reseeded from
+(seed, step) and the run goes on deterministically, though not bitwise as an uninterrupted one.
+
+The host reads the losses once per logging interval (and at checkpoints), not per step: each
+step keeps its loss on the device, and a flush copies them over in one transfer, checks that
+they are finite (naming the first step that was not) and logs their mean. On CUDA a per-step
+read would wait for the device at every step, and the loop would be launch-bound.
+
+Importing this module loads neither xarray nor zarr (`store` is imported where a checkpoint is
+read or written, xarray in `history_dataset`), so bench/gpu.py can train with torch alone.
 """
 
 from __future__ import annotations
@@ -19,13 +30,15 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import xarray as xr
 
 from . import process
-from .store import load_checkpoint, save_atomic
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint_step{:08d}.pt"
@@ -52,6 +65,8 @@ def _newest_checkpoint(folder: Path, fingerprint: str, device):
     """The newest checkpoint in `folder` written with the same settings, or None.
 
     Checkpoints of other settings are stale (the config changed): they are removed."""
+    from .store import load_checkpoint  # here: store imports xarray and zarr (module doc)
+
     for path in sorted(folder.glob("checkpoint_step*.pt"), reverse=True):
         state = load_checkpoint(path, device)
         if state.get("fingerprint") == fingerprint and STATE_KEYS <= set(state):
@@ -61,11 +76,65 @@ def _newest_checkpoint(folder: Path, fingerprint: str, device):
     return None, None
 
 
+def batch_indices(n: int, batch: int, full: bool, generator, device) -> torch.Tensor:
+    """The training points of one step: all n (full-batch training, B = n: every point at every
+    step) or `batch` drawn uniformly with replacement."""
+    if full:
+        return torch.arange(n, device=device)
+    return torch.randint(0, n, (batch,), generator=generator, device=device)
+
+
 def _draw_times(batch, lam_lo, lam_hi, generator, device):
     """t with λ(t) uniform on [λ(T), λ(t_min)], as the log-SNR sampling grid spaces it."""
     u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
     lam = lam_lo + (lam_hi - lam_lo) * u
     return (0.5 * torch.nn.functional.softplus(-lam)).float()  # t = ½ log(1 + e^{−λ})
+
+
+def _resume_seed(seed: int, step: int) -> int:
+    """A 63-bit generator seed from (seed, step): the same for every resume at that step."""
+    words = np.random.SeedSequence([int(seed), int(step)]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def _restore_rng(gen: torch.Generator, state: dict, seed: int, step: int, name: str) -> None:
+    """Put the checkpoint's generator state into `gen`, or reseed it from (seed, step) where the
+    state is another device type's (a CPU state is a Mersenne-Twister table, a CUDA one a seed
+    and an offset: neither fits the other's generator)."""
+    saved = state["rng"].cpu()
+    kind = state.get("rng_device")  # absent in checkpoints written before it was saved
+    here = gen.device.type
+    if kind is None:  # tell by the size: only a CPU generator has a state of that size
+        kind = "cpu" if saved.numel() == torch.Generator().get_state().numel() else "non-CPU"
+    if kind == here and saved.numel() == gen.get_state().numel():
+        gen.set_state(saved)
+        return
+    gen.manual_seed(_resume_seed(seed, step))
+    log.warning(
+        "%s holds a %s generator state (%d bytes); this job's generator is on %s: reseeded "
+        "from (seed %d, step %d), so the run goes on deterministically but not bitwise as "
+        "an uninterrupted run would",
+        name,
+        kind,
+        saved.numel(),
+        here,
+        seed,
+        step,
+    )
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, saved: dict, kind: dict) -> None:
+    """Load the optimiser state and keep this device's update kernel: the saved groups carry
+    the writer's foreach/fused flags, and Adam's step counts belong on the device for fused,
+    on the host otherwise (a foreach update reads them every step)."""
+    opt.load_state_dict(saved)
+    for group in opt.param_groups:
+        group.update({"foreach": None, "fused": None, **kind})
+    fused = bool(kind.get("fused"))
+    for param, entry in opt.state.items():
+        if "step" in entry:
+            where = param.device if fused else torch.device("cpu")
+            entry["step"] = entry["step"].to(device=where, dtype=torch.float32)
 
 
 def train(
@@ -78,13 +147,18 @@ def train(
     fingerprint: str,
     device="cpu",
     progress=None,
+    bf16: bool | None = None,
 ) -> dict:
     """Train `net` on `data` (n, d) by denoising score matching; return the final state.
 
     `cfg` is the model's config entry (steps, batch_size, lr, weight_decay, warmup, ema,
-    grad_clip, checkpoints, log_every, compile); `fingerprint` identifies the settings so a
-    rerun resumes only from checkpoints of the same run. Raises FloatingPointError when the
-    loss turns NaN or inf, naming the step and the last finite loss."""
+    grad_clip, checkpoints, log_every, compile: 'auto' compiles on CUDA only, False never,
+    True on any device); `bf16` turns bf16 autocast of the network on (None: on CUDA);
+    `fingerprint` identifies the settings so a rerun resumes only from checkpoints of the same
+    run. Raises FloatingPointError when the loss turns NaN or inf, naming the step and the
+    last finite loss (found at the next log or checkpoint step, see the module doc)."""
+    from .store import save_atomic  # here: store imports xarray and zarr (module doc)
+
     device = torch.device(device)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,39 +167,67 @@ def train(
     ema = copy.deepcopy(net).requires_grad_(False)
     # Parameter lists once: walking the modules for them at every step cost ~5 % of a step.
     params, ema_params = list(net.parameters()), list(ema.parameters())
-    # foreach: one multi-tensor kernel per Adam operation instead of one per parameter (torch's
-    # CPU default); on the small MLPs here its gain is within the noise (0.96–1.06× in
-    # bench/train_loop.py).
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
+    use_cuda = device.type == "cuda"
+    # CPU: foreach, one multi-tensor kernel per Adam operation instead of one per parameter
+    # (torch's CPU default); on the small MLPs here its gain is within the noise
+    # (bench/train_loop.py). CUDA: fused, one kernel for the whole update, which also keeps
+    # Adam's step counts on the device (foreach reads them on the host: a sync per step once
+    # a checkpoint has put them on the GPU).
+    adam_kernel = {"fused": True} if use_cuda else {"foreach": True}
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **adam_kernel)
     gen = torch.Generator(device=device).manual_seed(seed)
     total = int(cfg["steps"])
     save_at = set(checkpoint_steps(total, cfg["checkpoints"]))
     hist = {"step": [], "loss": [], "lr": [], "steps_per_s": []}
-    window: list[float] = []
+    window: list[float] = []  # the losses since the last log entry that the host has read
+    pending: list[torch.Tensor] = []  # the later ones, still on the device
     step = 0
 
     path, state = _newest_checkpoint(folder, fingerprint, device)
     if state is not None:
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"].cpu())
+        _load_optimizer(opt, state["optimizer"], adam_kernel)
         step = int(state["step"])
+        _restore_rng(gen, state, seed, step, path.name)
         hist = {k: v.tolist() for k, v in state["history"].items()}
-        window = state["window"].tolist()  # losses since the last log entry
+        window.extend(state["window"].tolist())  # losses since the last log entry
         log.info("resuming from %s at step %d of %d", path.name, step, total)
     else:
         log.info("training from scratch: %d steps, batch %d", total, cfg["batch_size"])
 
-    use_cuda = device.type == "cuda"
+    compile_ = cfg.get("compile", "auto")
     forward = net
-    if use_cuda and cfg.get("compile", "auto") in ("auto", True):
+    if compile_ is True or (use_cuda and compile_ == "auto"):
         forward = torch.compile(net)
-        log.info("torch.compile on; bf16 autocast on")
+    autocast = use_cuda if bf16 is None else bool(bf16)
+    log.info(
+        "torch.compile %s; bf16 autocast %s",
+        "on" if forward is not net else "off",
+        "on" if autocast else "off",
+    )
     lam_lo = float(process.log_snr(time_cfg["T"]))
     lam_hi = float(process.log_snr(time_cfg["t_min"]))
     n, d = data.shape
     last_finite = float("nan")
+
+    def flush():
+        """Read the pending losses (one device→host copy) and check them; `step` is the last."""
+        nonlocal last_finite
+        if not pending:
+            return
+        values = torch.stack(pending).double().cpu().tolist()
+        first = step - len(values) + 1
+        for k, value in enumerate(values):
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"training loss is {value} at step {first + k} (last finite loss "
+                    f"{last_finite:.6g}); lower models.*.lr or raise grad_clip and rerun"
+                )
+            last_finite = value
+        window.extend(values)
+        pending.clear()
+
     tick = time.perf_counter()
     ticked_at = step
     net.train()
@@ -133,11 +235,11 @@ def train(
         lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(0, n, (cfg["batch_size"],), generator=gen, device=device)
+        idx = batch_indices(n, cfg["batch_size"], cfg.get("full_batch", False), gen, device)
         t = _draw_times(cfg["batch_size"], lam_lo, lam_hi, gen, device)
         z = torch.randn(cfg["batch_size"], d, generator=gen, device=device)
         x = process.noised(data[idx], t, z)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = (forward(x, t).float() - z).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,25 +248,19 @@ def train(
         with torch.no_grad():  # EMA: θ_ema ← θ_ema + (1 − decay_k)(θ − θ_ema)
             torch._foreach_lerp_(ema_params, params, 1 - ema_decay(cfg["ema"], step))
         step += 1
-        # On the CPU the check is free; on a GPU it would sync every step, so it runs per log.
-        if not use_cuda or step % cfg["log_every"] == 0 or step == total:
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"training loss is {value} at step {step} (last finite loss "
-                    f"{last_finite:.6g}); lower models.*.lr or raise grad_clip and rerun"
-                )
-            last_finite = value
-            window.append(value)
-        if step % cfg["log_every"] == 0 or step == total:
-            now = time.perf_counter()
+        pending.append(loss.detach())  # no host read here (module doc)
+        logged = step % cfg["log_every"] == 0 or step == total
+        if logged or step in save_at:
+            flush()  # before a checkpoint too: never save weights a NaN step has reached
+        if logged:
+            now = time.perf_counter()  # after the flush, which waited for the device
             rate = (step - ticked_at) / max(now - tick, 1e-9)
             tick, ticked_at = now, step
             hist["step"].append(step)
-            hist["loss"].append(float(np.mean(window)) if window else float(loss.detach()))
+            hist["loss"].append(float(np.mean(window)))  # the window's mean, on every device
             hist["lr"].append(lr)
             hist["steps_per_s"].append(rate)
-            window = []
+            window.clear()
         if step in save_at:
             save_atomic(
                 _state(net, ema, opt, gen, step, hist, window, fingerprint),
@@ -186,6 +282,7 @@ def _state(net, ema, opt, gen, step, hist, window, fingerprint):
         "ema": ema.state_dict(),
         "optimizer": opt.state_dict(),
         "rng": gen.get_state(),
+        "rng_device": gen.device.type,
         "step": torch.tensor(step),
         "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in hist.items()},
         "window": torch.tensor(window, dtype=torch.float64),
@@ -195,6 +292,8 @@ def _state(net, ema, opt, gen, step, hist, window, fingerprint):
 
 def history_dataset(hist: dict) -> xr.Dataset:
     """The training log store: loss, learning rate and steps/s at each logged step."""
+    import xarray as xr  # here: the training loop itself needs no xarray (module doc)
+
     ds = xr.Dataset(
         {
             "loss": ("step", np.asarray(hist["loss"], dtype=np.float64)),

@@ -35,7 +35,10 @@ rule judge:
     conda:
         CONDA_ENV
     threads: 2
+    # gpu=0: the judge (a small CNN, minutes on the CPU) asks for no GPU, and gpu=0 makes
+    # job_device keep it on the CPU even where it sees one (scheduler and device agree)
     resources:
+        gpu=0,
         mem_mb=4000,
         runtime=30,
     params:
