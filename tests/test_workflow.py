@@ -53,10 +53,12 @@ def test_default_config_dry_run(tmp_path):
 def test_paper_config_dry_run(tmp_path):
     jobs = planned_jobs(tmp_path, ROOT / "config" / "paper.yaml")
     # the (n, d) grids of the synthetic laws, Fig. 2 (4 d), Fig. 3 (3 d), the curse grid
-    # (4 d × 6 n), then 5 bring-your-own image sets × 2 scores (planned without their files)
+    # (4 d × 6 n), 5 bring-your-own image sets × 2 scores (planned without their files), and
+    # the follow-up's study: 3 d × 5 n, 4 widths, 2 full-batch cells
     grids = 7 * 5 * 3 + 3 * 3 * 3 + 3 * 2 * 2
-    assert jobs["sample"] == 3 * (grids + 4 + 3 + 4 * 6 + 5 * 2)
-    assert jobs["train"] == 3 * (7 * 5 + 3 * 3) + 3 * 5
+    study = 3 * 5 + 4 + 2
+    assert jobs["sample"] == 3 * (grids + 4 + 3 + 4 * 6 + 5 * 2 + study)
+    assert jobs["train"] == 3 * (7 * 5 + 3 * 3) + 3 * 5 + 3 * study
     assert jobs["judge"] == 5
 
 

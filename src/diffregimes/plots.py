@@ -34,6 +34,13 @@ SCALARS = [
     "tau_mem",
     "tau_mem_ci_low",
     "tau_mem_ci_high",
+    "tau_mem_dsm",
+    "tau_mem_dsm_ci_low",
+    "tau_mem_dsm_ci_high",
+    "tau_gen",
+    "tau_gen_bracket_low",
+    "tau_gen_bracket_high",
+    "model_width",
 ]
 
 

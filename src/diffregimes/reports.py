@@ -36,6 +36,8 @@ COLUMNS = [
     ("t_C_entropy", "t_C from f^e", "t_C_entropy_se"),
     ("f_mem", "f_mem [95% CI]", ("f_mem_ci_low", "f_mem_ci_high")),
     ("tau_mem", "τ_mem [95% CI]", ("tau_mem_ci_low", "tau_mem_ci_high")),
+    ("tau_mem_dsm", "τ_mem DSM gap [95% CI]", ("tau_mem_dsm_ci_low", "tau_mem_dsm_ci_high")),
+    ("tau_gen", "τ_gen [bracket]", ("tau_gen_bracket_low", "tau_gen_bracket_high")),
 ]
 
 _SCRIPT = """
@@ -106,7 +108,8 @@ def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathL
     one table row per run with its thumbnail and a link to its report."""
     out = Path(out)
     table = run_table(summary)
-    for key in ("tau_mem", "tau_mem_ci_low", "tau_mem_ci_high", "t_S_gmm", "t_C_entropy_se"):
+    optional = [key for key, _, err in COLUMNS[-3:] for key in (key, *err)]
+    for key in (*optional, "t_S_gmm", "t_C_entropy_se"):
         if key not in table:
             table[key] = np.nan
     links = "\n".join(
