@@ -206,3 +206,11 @@ def test_tau_gen_on_a_known_law_with_its_bracket(tmp_path):
     steps = ds.step.values
     assert lo < tau <= hi and lo in steps and hi in steps and hi < steps[-1]
     assert float(ds.model_width) == 128 and int(ds.model_steps) == 800
+
+
+def test_full_batch_training_uses_every_point_at_every_step():
+    gen = torch.Generator().manual_seed(0)
+    idx = train.batch_indices(5, 5, True, gen, torch.device("cpu"))
+    assert idx.tolist() == [0, 1, 2, 3, 4]
+    drawn = train.batch_indices(5, 500, False, gen, torch.device("cpu"))
+    assert drawn.shape == (500,) and set(drawn.tolist()) == {0, 1, 2, 3, 4}
