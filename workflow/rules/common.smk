@@ -306,9 +306,11 @@ def job_cost(stage, w):
             cloning,
             saved,
             clone_steps,
-            config_checks.model_settings(config["models"][w.score], n)
-            if is_model(w.score)
-            else None,
+            (
+                config_checks.model_settings(config["models"][w.score], n)
+                if is_model(w.score)
+                else None
+            ),
             side,
             clone_times,
             budget_bytes(),
