@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from diffregimes.neighbours import chunk_sizes, log_partition, nearest, softmax_mean
+from diffregimes import neighbours
+from diffregimes.neighbours import (
+    BLOCK_ENTRIES,
+    block_sizes,
+    chunk_sizes,
+    half_sq_norms,
+    log_partition,
+    nearest,
+    softmax_mean,
+)
 
 F64 = torch.float64
 
@@ -145,3 +157,84 @@ def test_chunk_sizes_respect_budget(batch, n, budget, itemsize, per_entry):
     assert 1 <= b and 1 <= c <= n
     assert b <= max(batch, 1)
     assert b * c * itemsize * per_entry <= budget
+
+
+@pytest.mark.parametrize("batch, n", [(20_000, 20_000), (4096, 50_000), (300, 1_000_000)])
+def test_block_sizes_on_an_accelerator_come_from_the_budget(batch, n):
+    """On CUDA the blocks fill the budget (few kernel launches); on the CPU they keep the cache
+    caps (2²¹ entries, 1024 rows)."""
+    budget, itemsize, per_entry = 2**28, 4, 3
+    entries = budget // (itemsize * per_entry)
+    bs, cs = block_sizes(batch, n, budget, itemsize, per_entry, "cuda")
+    assert bs * cs * itemsize * per_entry <= budget
+    assert bs * cs > entries // 2  # at least half the budget in one block
+    assert bs == batch or cs == n or bs > 1024
+    cpu_bs, cpu_cs = block_sizes(batch, n, budget, itemsize, per_entry, "cpu")
+    assert cpu_bs <= 1024 and cpu_bs * cpu_cs <= max(BLOCK_ENTRIES, cpu_bs * 1024)
+    assert bs * cs > 4 * cpu_bs * cpu_cs
+
+
+@pytest.mark.parametrize("budget", [256, 4096, 2**20])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_nearest_to_scaled_centres(budget, dtype):
+    """nearest(x, c, scale=s) is the k-NN among s·c (distances to s·c in float64), with ½‖c‖²
+    passed or not."""
+    x, c = _data(41, 307, 6, seed=9, dtype=dtype)
+    s = math.exp(-1.3)
+    x = x * s
+    bd, bi = _brute_knn(x, s * c.double(), 3)
+    for hs in (None, half_sq_norms(c)):
+        dist, idx = nearest(x, c, k=3, budget_bytes=budget, scale=s, half_sq=hs)
+        torch.testing.assert_close(idx, bi, rtol=0, atol=0)
+        torch.testing.assert_close(dist, bd, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="scale"):
+        nearest(x, c, scale=0.0)
+
+
+@pytest.mark.parametrize("rows, m, kc", [(7, 4096, 6), (5, 1000, 3), (3, 97, 5), (4, 64, 6)])
+def test_top_candidates_are_the_top_k(rows, m, kc):
+    """The grouped top-k gives the values of torch.topk, ties included (integer data), and
+    columns that hold them."""
+    g = torch.Generator().manual_seed(rows)
+    aff = torch.randint(-50, 50, (rows, m), generator=g).float()
+    val, col = neighbours._top_candidates(aff, kc)
+    torch.testing.assert_close(val, aff.topk(kc, dim=1).values, rtol=0, atol=0)
+    torch.testing.assert_close(aff.gather(1, col), val, rtol=0, atol=0)
+    assert all(len(set(r.tolist())) == kc for r in col)  # distinct columns
+
+
+def test_nearest_same_without_the_onednn_product(monkeypatch):
+    """The oneDNN product and the addmm fallback give the same neighbours (several chunks)."""
+    x, c = _data(300, 5000, 33, seed=10, dtype=torch.float32)
+    fast = nearest(x, c, k=2, budget_bytes=2**16)
+    monkeypatch.setattr(neighbours, "_onednn_linear", lambda: None)
+    slow = nearest(x, c, k=2, budget_bytes=2**16)
+    torch.testing.assert_close(fast[1], slow[1], rtol=0, atol=0)
+    torch.testing.assert_close(fast[0], slow[0], rtol=0, atol=0)  # both float64 direct
+    torch.testing.assert_close(fast[1], _brute_knn(x, c, 2)[1], rtol=0, atol=0)
+
+
+def test_nearest_large_d_small_budget():
+    """The float64 refinement is cut into sub-blocks of rows: large d with a tiny budget."""
+    x, c = _data(23, 40, 700, seed=11, dtype=torch.float32)
+    dist, idx = nearest(x, c, k=2, budget_bytes=4096)
+    bd, bi = _brute_knn(x, c, 2)
+    torch.testing.assert_close(idx, bi, rtol=0, atol=0)
+    torch.testing.assert_close(dist, bd, rtol=1e-10, atol=1e-10)
+
+
+def test_nearest_per_time_of_the_metrics_job_matches_brute_force():
+    """run_metrics' one call per saved time for all samples: the nearest a^μ e^{−t} of every
+    x(sample, t) by brute force."""
+    from diffregimes.run_metrics import nearest_per_time
+
+    g = torch.Generator().manual_seed(12)
+    a = torch.randn(150, 8, generator=g)
+    times = np.array([3.0, 1.0, 0.2, 0.01])
+    x = torch.stack([a[:20] * math.exp(-t) + torch.randn(20, 8, generator=g) for t in times], 1)
+    got = nearest_per_time(x, a, times, budget=4096)
+    expected = np.stack(
+        [_brute_knn(x[:, k], a * math.exp(-t), 1)[1][:, 0].numpy() for k, t in enumerate(times)],
+        axis=1,
+    )
+    np.testing.assert_array_equal(got, expected)

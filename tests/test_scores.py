@@ -182,6 +182,23 @@ def test_empirical_float32_close_to_float64_at_small_t():
     assert torch.isfinite(s32).all()
 
 
+@pytest.mark.parametrize("t", [1e-3, 0.5])
+def test_empirical_float32_same_with_either_matrix_product(t, monkeypatch):
+    """The float32 score through torch's oneDNN product (the CPU default where it works) and
+    through addmm agree to float32 round-off, and both match float64 as above."""
+    from diffregimes import neighbours
+
+    train, g = _train(N_TRAIN, 8, seed=6)
+    x = _empirical_queries(train, t, 200, g)
+    s64 = EmpiricalScore(train, budget_bytes=4096)(x, t)
+    fast = EmpiricalScore(train.float(), budget_bytes=4096)(x.float(), t).double()
+    monkeypatch.setattr(neighbours, "_onednn_linear", lambda: None)
+    slow = EmpiricalScore(train.float(), budget_bytes=4096)(x.float(), t).double()
+    for s32 in (fast, slow):
+        assert ((s32 - s64).norm(dim=1) / s64.norm(dim=1)).max().item() < 1e-4
+    assert ((fast - slow).norm(dim=1) / slow.norm(dim=1)).max().item() < 1e-4
+
+
 @pytest.mark.parametrize("t", [1e-3, 0.5, 3.0])
 def test_empirical_with_one_point_is_point_mass_gaussian(t):
     g = torch.Generator().manual_seed(7)

@@ -9,30 +9,44 @@ Accuracy: −‖x − c_μ‖²/(2Δ) = −‖x‖²/(2Δ) + (x·c_μ − ½‖c
 μ, so it cancels in every softmax and is added back analytically (in the input dtype's
 precision, once per row) in the log-sum-exp. We never form ‖x‖² − 2x·c + ‖c‖² and subtract,
 which loses all digits when Δ is small and x sits next to a centre; the μ-dependent part keeps
-its relative precision. Neighbours are refined by recomputing exact differences for the
-candidates.
+its relative precision.
+
+Exactness of `nearest`: candidates are the k + `refine` largest affinities x·c_μ − ½‖c_μ‖² of
+each row, computed in the input dtype; their distances are then recomputed in float64 by direct
+differences and re-sorted, so ties and round-off of the expansion cannot swap the order of the
+k returned. Every faster path below (the matrix-product backend, the grouped top-k) returns
+exactly those candidates.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 DEFAULT_BUDGET_BYTES = 256 * 2**20
-# At most this many entries in one (batch × centre) logits block; at least this many centres.
+# On the CPU: at most this many entries in one (batch × centre) logits block; at least this many
+# centres.
 BLOCK_ENTRIES = 2**21
 BLOCK_MIN_CENTRES = 1024
+# nearest: the top-k of a block first ranks the maxima of this many strided column groups.
+CANDIDATE_GROUPS = 32
+# nearest: float64 entries of one refinement sub-block on the CPU (cache-sized).
+REFINE_ENTRIES = 2**18
 _TINY = {
     dt: torch.finfo(dt).tiny for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 }
 _LOG_TINY = {dt: math.log(tiny) for dt, tiny in _TINY.items()}
 
 
-def chunk_sizes(batch: int, n: int, budget_bytes: int, itemsize: int, per_entry: int = 3):
-    """(batch chunk, centre chunk) so that `per_entry` (batch × chunk) blocks fit the budget."""
+def chunk_sizes(
+    batch: int, n: int, budget_bytes: int, itemsize: int, per_entry: int = 3, max_rows=1024
+):
+    """(batch chunk, centre chunk) so that `per_entry` (batch × chunk) blocks fit the budget;
+    at most `max_rows` rows per batch chunk."""
     entries = max(1, budget_bytes // (itemsize * per_entry))
-    b = max(1, min(batch, 1024))
+    b = max(1, min(batch, max_rows))
     c = max(1, min(n, entries // b))
     if c < 64 and n > c:  # tiny budgets: trade batch rows for centres
         b = max(1, entries // min(n, 64))
@@ -41,18 +55,25 @@ def chunk_sizes(batch: int, n: int, budget_bytes: int, itemsize: int, per_entry:
     return b, c
 
 
-def _affinity(x, c, c_half_sq):
-    """x·cᵀ − ½‖c‖², the μ-dependent part of −‖x − c‖²/2."""
-    return x @ c.T - c_half_sq
+def block_sizes(
+    batch: int, n: int, budget_bytes: int, itemsize: int, per_entry: int, device_type: str = "cpu"
+):
+    """(batch chunk, centre chunk) of the logits blocks on a device of type `device_type`.
 
-
-def _block_sizes(batch: int, n: int, budget_bytes: int, itemsize: int, per_entry: int):
-    """`chunk_sizes`, with the centre chunk also capped so that one logits block holds at most
-    `BLOCK_ENTRIES` entries (8 MB in float32): the block is then reused from the allocator and
-    stays in cache across the passes that follow the matrix product. Larger blocks measured
-    slower, not faster (bench/kernels.py)."""
+    On the CPU: `chunk_sizes`, with the centre chunk also capped so that one logits block holds
+    at most `BLOCK_ENTRIES` entries (8 MB in float32): the block is then reused from the
+    allocator and stays in cache across the passes that follow the matrix product. On an
+    accelerator there is no such cache to fit and every block costs kernel launches, so the
+    blocks are as large as the budget allows, with no cap on the rows either."""
+    if device_type != "cpu":
+        return chunk_sizes(batch, n, budget_bytes, itemsize, per_entry, max_rows=batch)
     bs, cs = chunk_sizes(batch, n, budget_bytes, itemsize, per_entry)
     return bs, min(cs, max(BLOCK_MIN_CENTRES, BLOCK_ENTRIES // bs))
+
+
+def half_sq_norms(centres: torch.Tensor) -> torch.Tensor:
+    """½‖c_μ‖² per centre, without an (n × d) temporary."""
+    return torch.linalg.vector_norm(centres, dim=1).square_().mul_(0.5)
 
 
 def _exp_shifted_(logits, m):
@@ -71,6 +92,44 @@ def _exp_shifted_(logits, m):
     return torch.nn.functional.threshold_(logits, 4.0 * tiny, 0.0)
 
 
+def _softmax_blocks(x, centres, delta, budget_bytes, scale, half_sq, per_entry):
+    """The blocked-logits loop of `softmax_mean` and `log_partition`.
+
+    Yields (i, xb, chunks) per block of rows xb = x[i : i + len(xb)]; `chunks` yields
+    (c, p, rescale, m) per chunk c of centres, with p = exp(logits − m) (in place, in a block
+    reused across chunks: consume it before the next), logits = −‖xb − s c‖²/(2Δ) up to the
+    row term, m the running row maximum (rows × 1) and rescale = e^{m_old − m} (None at the
+    first chunk), by which running sums over the earlier chunks must be multiplied. One matrix
+    product with a fused bias per chunk (`_product_fn`), then max, exp in place (Milakov &
+    Gimelshein 2018)."""
+    batch, n = x.shape[0], centres.shape[0]
+    if half_sq is None:
+        half_sq = half_sq_norms(centres)
+    bs, cs = block_sizes(batch, n, budget_bytes, x.element_size(), per_entry, x.device.type)
+    inv = 1.0 / delta
+    bias = half_sq * (-(scale**2) * inv)
+    product = _product_fn(x)
+    block = torch.empty(min(bs, batch) * min(cs, n), dtype=x.dtype, device=x.device)
+
+    def chunks(xb):
+        m = None
+        for j in range(0, n, cs):
+            c = centres[j : j + cs]
+            out = block[: xb.shape[0] * c.shape[0]].view(xb.shape[0], c.shape[0])
+            logits = product(xb, c, bias[j : j + cs], out, scale * inv)
+            m_chunk = logits.amax(1, keepdim=True)
+            if m is None:
+                m, rescale = m_chunk, None
+            else:
+                m_new = torch.maximum(m, m_chunk)
+                rescale = torch.exp(m - m_new)
+                m = m_new
+            yield c, _exp_shifted_(logits, m), rescale, m
+
+    for i in range(0, batch, bs):
+        yield i, x[i : i + bs], chunks(x[i : i + bs])
+
+
 def softmax_mean(
     x: torch.Tensor,
     centres: torch.Tensor,
@@ -82,38 +141,18 @@ def softmax_mean(
     """Σ_μ w_μ s c_μ with w = softmax_μ(−‖x − s c_μ‖²/(2Δ)), for each row of x (s = `scale`).
 
     `half_sq` = ½‖c_μ‖² may be passed precomputed (it does not depend on t). An online
-    (streaming) softmax over chunks of centres (Milakov & Gimelshein 2018): a running maximum m,
-    normaliser S and weighted sum W are rescaled by e^{m_old − m_new} per chunk; W/S at the end.
-    Per chunk: one addmm into a reused block, then max, exp and sum in place, then W += p·c."""
-    batch, _ = x.shape
-    n = centres.shape[0]
-    if half_sq is None:
-        half_sq = 0.5 * (centres * centres).sum(1)
-    bs, cs = _block_sizes(batch, n, budget_bytes, x.element_size(), 3)
+    (streaming) softmax over chunks of centres: a running maximum m, normaliser S and weighted
+    sum W are rescaled by e^{m_old − m_new} per chunk; W/S at the end. Per chunk: one matrix
+    product with a fused bias, then max, exp and sum in place, then W += p·c."""
     out = torch.empty_like(x)
-    inv = 1.0 / delta
-    bias = half_sq * (-(scale**2) * inv)
-    block = torch.empty(min(bs, batch) * min(cs, n), dtype=x.dtype, device=x.device)
-    for i in range(0, batch, bs):
-        xb = x[i : i + bs]
-        for j in range(0, n, cs):
-            c = centres[j : j + cs]
-            logits = block[: xb.shape[0] * c.shape[0]].view(xb.shape[0], c.shape[0])
-            torch.addmm(bias[j : j + cs], xb, c.T, alpha=scale * inv, out=logits)
-            m_chunk = logits.amax(1, keepdim=True)
-            if j == 0:
-                m = m_chunk
-                p = _exp_shifted_(logits, m)
-                s = p.sum(1, keepdim=True)
-                w = p @ c
+    for i, xb, chunks in _softmax_blocks(x, centres, delta, budget_bytes, scale, half_sq, 3):
+        for c, p, rescale, _ in chunks:
+            if rescale is None:
+                s, w = p.sum(1, keepdim=True), p @ c
             else:
-                m_new = torch.maximum(m, m_chunk)
-                rescale = torch.exp(m - m_new)
-                m = m_new
-                p = _exp_shifted_(logits, m)
                 s.mul_(rescale).add_(p.sum(1, keepdim=True))
                 w.mul_(rescale).addmm_(p, c)
-        out[i : i + bs] = w.div_(s).mul_(scale)
+        out[i : i + xb.shape[0]] = w.div_(s).mul_(scale)
     return out
 
 
@@ -126,32 +165,81 @@ def log_partition(
     half_sq: torch.Tensor | None = None,
 ):
     """log Σ_μ exp(−‖x − s c_μ‖²/(2Δ)) per row of x, in the dtype of x (use float64 for f^e)."""
-    batch, _ = x.shape
-    n = centres.shape[0]
-    if half_sq is None:
-        half_sq = 0.5 * (centres * centres).sum(1)
-    bs, cs = _block_sizes(batch, n, budget_bytes, x.element_size(), 2)
-    out = torch.empty(batch, dtype=x.dtype, device=x.device)
-    inv = 1.0 / delta
-    bias = half_sq * (-(scale**2) * inv)
-    block = torch.empty(min(bs, batch) * min(cs, n), dtype=x.dtype, device=x.device)
-    for i in range(0, batch, bs):
-        xb = x[i : i + bs]
-        for j in range(0, n, cs):
-            c = centres[j : j + cs]
-            logits = block[: xb.shape[0] * c.shape[0]].view(xb.shape[0], c.shape[0])
-            torch.addmm(bias[j : j + cs], xb, c.T, alpha=scale * inv, out=logits)
-            m_chunk = logits.amax(1)
-            if j == 0:
-                m = m_chunk
-                s = _exp_shifted_(logits, m[:, None]).sum(1)
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for i, xb, chunks in _softmax_blocks(x, centres, delta, budget_bytes, scale, half_sq, 2):
+        for _, p, rescale, m_run in chunks:
+            if rescale is None:
+                s = p.sum(1, keepdim=True)
             else:
-                m_new = torch.maximum(m, m_chunk)
-                s.mul_(torch.exp(m - m_new))
-                m = m_new
-                s.add_(_exp_shifted_(logits, m[:, None]).sum(1))
-        out[i : i + bs] = m + torch.log(s) - 0.5 * (xb * xb).sum(1) * inv
+                s.mul_(rescale).add_(p.sum(1, keepdim=True))
+            m = m_run
+        out[i : i + xb.shape[0]] = (m + torch.log(s))[:, 0] - 0.5 * (xb * xb).sum(1) * (1 / delta)
     return out
+
+
+@functools.cache
+def _onednn_linear():
+    """torch's oneDNN fp32 matrix product with a fused bias, where it works, else None.
+
+    On CPUs whose AVX-512 units MKL does not use (AMD), MKL's sgemm (torch.matmul) runs AVX2
+    kernels at about half the machine's peak; oneDNN, which torch also ships, picks its kernels
+    from the instruction set and runs near peak. It is the op that torch's own compiler emits
+    for linear layers, but not a public API: it is probed once on a small product against
+    addmm, and the kernels fall back to addmm where it is missing or disagrees."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return None
+    g = torch.Generator().manual_seed(0)
+    x, c, b = (torch.randn(s, generator=g) for s in ((5, 70), (33, 70), (33,)))
+    try:
+        got = op(x, c, b, "none", [], "")
+    except (RuntimeError, NotImplementedError):
+        return None
+    ok = got.shape == (5, 33) and torch.allclose(got, torch.addmm(b, x, c.T), rtol=1e-5, atol=1e-4)
+    return op if ok else None
+
+
+def _product_fn(x):
+    """(xb, c, bias, out, alpha) → alpha·xb·cᵀ + bias in the dtype of x: oneDNN for float32 on
+    the CPU at full float32 precision (torch.get_float32_matmul_precision() == 'highest', the
+    default), with xb scaled first; else one addmm into the reused block `out`."""
+    op = None
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.enabled
+        and torch.get_float32_matmul_precision() == "highest"
+    ):
+        op = _onednn_linear()
+    if op is None:
+        return lambda xb, c, bias, out, alpha=1.0: torch.addmm(bias, xb, c.T, alpha=alpha, out=out)
+
+    def product(xb, c, bias, out, alpha=1.0):
+        return op(xb if alpha == 1.0 else xb * alpha, c, bias, "none", [], "")
+
+    return product
+
+
+def _top_candidates(aff, kc):
+    """(values, columns) of the kc largest entries of each row of `aff` (rows × m).
+
+    The columns are cut into g strided groups (column ≡ r mod m/g). The kc largest entries of
+    a row lie in the kc groups with the largest maxima (a group holding one of them has a
+    maximum at least as large, and fewer than kc groups can rank above it), so one max over the
+    groups, a top-k over m/g group maxima and one over the kc·g members of the chosen groups
+    give the same values as a top-k over all m, at the cost of about one pass over the block."""
+    rows, m = aff.shape
+    g = CANDIDATE_GROUPS
+    while g > 1 and (m % g or m // g < 4 * kc):
+        g //= 2
+    if g == 1:
+        return aff.topk(kc, dim=1)
+    groups = m // g
+    _, top = aff.view(rows, g, groups).amax(1).topk(kc, dim=1)
+    offsets = groups * torch.arange(g, device=aff.device)
+    members = (top[:, None, :] + offsets[:, None]).reshape(rows, g * kc)
+    val, pos = aff.gather(1, members).topk(kc, dim=1)
+    return val, members.gather(1, pos)
 
 
 def nearest(
@@ -160,34 +248,60 @@ def nearest(
     k: int = 2,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     refine: int = 4,
+    scale: float = 1.0,
+    half_sq: torch.Tensor | None = None,
 ):
-    """Exact k nearest centres of each row of x: (distances (batch, k) unsquared, indices).
+    """Exact k nearest of the scaled centres s c_μ (s = `scale` > 0) to each row of x:
+    (distances (batch, k) unsquared, float64; indices).
 
-    Candidates come from the expanded form in the input dtype (top k + `refine` per row, kept
-    across chunks); their distances are then recomputed in float64 by direct differences and
-    re-sorted, so ties and round-off of the expansion cannot swap the order."""
-    batch, _ = x.shape
+    Candidates come from the expanded form in the input dtype (top k + `refine` per row of the
+    affinity x·c − (s/2)‖c‖², which orders the centres as −‖x − s c‖² does, kept across chunks);
+    their distances to s c are then recomputed in float64 by direct differences and re-sorted,
+    so ties and round-off of the expansion cannot swap the order. `half_sq` = ½‖c_μ‖² may be
+    passed precomputed (it does not depend on s). Per block of rows: one matrix product with a
+    fused bias per chunk of centres, a grouped top-k (`_top_candidates`) and a merge with the
+    running candidates; then the refinement, in cache-sized sub-blocks of rows, gathering only
+    the candidates' rows of the centres."""
+    if not scale > 0:
+        raise ValueError(f"nearest: scale must be > 0, got {scale}")
+    x, centres = x.contiguous(), centres.contiguous()
+    batch, d = x.shape
     n = centres.shape[0]
     k = min(k, n)
     kc = min(n, k + refine)
-    bs, cs = chunk_sizes(batch, n, budget_bytes, x.element_size(), per_entry=2)
+    if half_sq is None:
+        half_sq = half_sq_norms(centres)
+    bias = half_sq.to(x.dtype) * (-scale)
+    affinity = _product_fn(x)
+    bs, cs = block_sizes(batch, n, budget_bytes, x.element_size(), 2, x.device.type)
+    block = torch.empty(min(bs, batch) * min(cs, n), dtype=x.dtype, device=x.device)
+    # float64 gathered rows (plus their float32 copy) per refinement sub-block
+    rows_cap = max(1, budget_bytes // (12 * kc * d))
+    if x.device.type == "cpu":
+        rows_cap = min(rows_cap, max(1, REFINE_ENTRIES // (kc * d)))
     dist = torch.empty(batch, k, dtype=torch.float64, device=x.device)
     index = torch.empty(batch, k, dtype=torch.long, device=x.device)
     for i in range(0, batch, bs):
         xb = x[i : i + bs]
-        best_val = torch.full((xb.shape[0], 0), -math.inf, dtype=x.dtype, device=x.device)
-        best_idx = torch.zeros((xb.shape[0], 0), dtype=torch.long, device=x.device)
+        b = xb.shape[0]
         for j in range(0, n, cs):
             c = centres[j : j + cs]
-            aff = _affinity(xb, c, 0.5 * (c * c).sum(1))  # larger = nearer
-            val, idx = aff.topk(min(kc, c.shape[0]), dim=1)
-            best_val = torch.cat([best_val, val], 1)
-            best_idx = torch.cat([best_idx, idx + j], 1)
-            best_val, keep = best_val.topk(min(kc, best_val.shape[1]), dim=1)
-            best_idx = best_idx.gather(1, keep)
-        diff = xb.double()[:, None, :] - centres.double()[best_idx]
-        d2 = (diff * diff).sum(-1)
-        d2, order = d2.sort(dim=1, stable=True)
-        dist[i : i + bs] = d2[:, :k].sqrt()
-        index[i : i + bs] = best_idx.gather(1, order)[:, :k]
+            out = block[: b * c.shape[0]].view(b, c.shape[0])
+            val, idx = _top_candidates(affinity(xb, c, bias[j : j + cs], out), min(kc, len(c)))
+            if j == 0:
+                best_val, best_idx = val, idx
+            else:
+                best_val = torch.cat([best_val, val], 1)
+                best_val, keep = best_val.topk(min(kc, best_val.shape[1]), dim=1)
+                best_idx = torch.cat([best_idx, idx + j], 1).gather(1, keep)
+        d_exact = torch.empty(b, kc, dtype=torch.float64, device=x.device)
+        for r in range(0, b, rows_cap):
+            diff = centres[best_idx[r : r + rows_cap]].to(torch.float64)  # (rows, kc, d)
+            if scale != 1.0:
+                diff.mul_(scale)
+            diff.sub_(xb[r : r + rows_cap, None, :])
+            torch.linalg.vector_norm(diff, dim=-1, out=d_exact[r : r + rows_cap])
+        d_exact, order = d_exact.sort(dim=1, stable=True)
+        dist[i : i + b] = d_exact[:, :k]
+        index[i : i + b] = best_idx.gather(1, order)[:, :k]
     return dist, index

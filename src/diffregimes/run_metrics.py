@@ -17,7 +17,7 @@ import xarray as xr
 from . import metrics, process, theory
 from .data import law
 from .judge_correction import correctable, corrected_phi, speciation_threshold
-from .neighbours import nearest
+from .neighbours import half_sq_norms, nearest
 from .speciation import speciation_time_fit
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,19 @@ def _speciation_estimator(train: xr.Dataset, pairs: int, cfg: dict):
     )
 
 
+def nearest_per_time(x: torch.Tensor, a: torch.Tensor, times, budget: int, half_sq=None):
+    """(sample, time) index of the training point a^μ e^{−t} nearest to x(sample, t, ·) at every
+    saved time: one `nearest` call per saved time for all samples at once, with the centres
+    scaled inside it (no scaled copy of the training set per time)."""
+    if half_sq is None:
+        half_sq = half_sq_norms(a)
+    idx = [
+        nearest(x[:, k], a, 1, budget, scale=math.exp(-float(t)), half_sq=half_sq)[1][:, 0]
+        for k, t in enumerate(times)
+    ]
+    return torch.stack(idx, dim=1).cpu().numpy()
+
+
 def run_metrics(
     traj: xr.Dataset,
     train: xr.Dataset,
@@ -127,23 +140,14 @@ def run_metrics(
 
     # Collapse: nearest training point a^μ e^{−t} at every saved time (float64 refinement).
     log.info("nearest neighbours of %d samples at %d times", x.shape[0], len(times))
-    nn_index = (
-        torch.stack(
-            [
-                nearest(x[:, k], a * math.exp(-float(t)), k=1, budget_bytes=budget)[1][:, 0]
-                for k, t in enumerate(times)
-            ],
-            dim=1,
-        )
-        .cpu()
-        .numpy()
-    )
+    half_sq = half_sq_norms(a)
+    nn_index = nearest_per_time(x, a, times, budget, half_sq)
     t_collapse = metrics.collapse_times(nn_index, times)
     collapsed, collapsed_lo, collapsed_hi = metrics.collapse_fraction(t_collapse, times, level)
 
     # Memorisation of the generated samples x̂₀: d₁/d₂ against the training set itself.
     x_hat = torch.as_tensor(traj["x_hat"].values, device=device)
-    dist, _ = nearest(x_hat, a, k=2, budget_bytes=budget)
+    dist, _ = nearest(x_hat, a, k=2, budget_bytes=budget, half_sq=half_sq)
     nn_ratio = metrics.memorisation_ratio(dist[:, 0].cpu(), dist[:, 1].cpu())
     f_mem, f_mem_lo, f_mem_hi = metrics.memorised_fraction(
         nn_ratio, cfg["memorisation_threshold"], level, cfg.get("interval", "wilson")
@@ -336,6 +340,28 @@ TRAINING_AXIS = (
     "tau_mem_ci_low",
     "tau_mem_ci_high",
     "tau_mem_censored",
+    "score_error_population_mean",
+    "score_error_population_mean_se",
+    "dsm_gap",
+    "dsm_gap_se",
+    "dsm_gap_mean",
+    "dsm_gap_mean_se",
+    "dsm_gap_relative",
+    "energy_distance",
+    "energy_distance_se",
+    "tau_mem_dsm",
+    "tau_mem_dsm_ci_low",
+    "tau_mem_dsm_ci_high",
+    "tau_mem_dsm_censored",
+    "tau_gen",
+    "tau_gen_bracket_low",
+    "tau_gen_bracket_high",
+    "tau_gen_energy",
+    "tau_gen_energy_bracket_low",
+    "tau_gen_energy_bracket_high",
+    "model_width",
+    "model_batch_size",
+    "model_steps",
 )
 
 
