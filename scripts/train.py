@@ -49,7 +49,15 @@ with Timer(log, f"training {w.model}, job seed {seed}"):
         progress=lambda step: bar.update(step - bar.n),
     )
 bar.close()
-nets.save_trained(sm.output.model, result["ema"], p.model, x.shape[1], result["step"], shape)
+# the checkpoints are recorded in the declared model file: training_axis reads them through it
+saved = {
+    s: train.CHECKPOINT.format(s)
+    for s in train.checkpoint_steps(p.model["steps"], p.model["checkpoints"])
+}
+record = store.checkpoint_record(folder, saved)
+nets.save_trained(
+    sm.output.model, result["ema"], p.model, x.shape[1], result["step"], shape, record
+)
 hist = train.history_dataset(result["history"])
 hist.attrs.update(
     dataset=w.dataset,

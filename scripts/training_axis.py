@@ -1,7 +1,5 @@
 """Rule `training_axis`: f_mem and score errors along training, from the model's checkpoints."""
 
-from pathlib import Path
-
 from diffregimes import generate, nets, store, training_axis
 from diffregimes.data import SYNTHETIC_KINDS
 from diffregimes.device import job_device
@@ -23,7 +21,7 @@ seed = job_seed("training_axis", w.dataset, w.d, w.n, w.seed, w.model)
 with Timer(log, f"training axis of {w.model}, job seed {seed}"):
     ds = training_axis.measure_training_axis(
         net,
-        Path(sm.input.model).parent,
+        store.recorded_checkpoints(sm.input.model),
         p.model,
         p.axis,
         train,

@@ -42,7 +42,10 @@ def train_and_measure(tmp_path, d, n, steps, checkpoints, sigma=1.0, width=128):
     train.train(net, torch.as_tensor(train_ds["x"].values), cfg, TIME, 1, folder, "fp")
     pop = generate.build_score("population", train_ds, 2**24, "cpu")
     axis = dict(AXIS, checkpoints=checkpoints)
-    return measure_training_axis(net, folder, cfg, axis, train_ds, test_ds, pop, TIME, 2, 2**24)
+    files = {
+        s: folder / train.CHECKPOINT.format(s) for s in train.checkpoint_steps(steps, checkpoints)
+    }
+    return measure_training_axis(net, files, cfg, axis, train_ds, test_ds, pop, TIME, 2, 2**24)
 
 
 # --- estimators against closed forms ---------------------------------------------------------

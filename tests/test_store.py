@@ -269,3 +269,38 @@ def test_file_in_place_of_the_results_folder(tmp_path):
     (tmp_path / "results").write_text("not a folder")
     with pytest.raises(OSError, match=f"could not write the store {tmp_path}/results/m.zarr: "):
         store.write(xr.Dataset({"x": ("i", np.zeros(3))}), tmp_path / "results" / "m.zarr")
+
+
+def test_model_file_records_its_checkpoints_and_refuses_changed_ones(tmp_path):
+    """The training axis reads checkpoints through the declared model file: each recorded with
+    its digest; a changed or missing checkpoint, or a model file without a record, says to
+    retrain instead of measuring another training's weights."""
+    torch.manual_seed(0)
+    net = nets.build_network(model_cfg(), 4)
+    names = {}
+    for step in (10, 20):
+        names[step] = train.CHECKPOINT.format(step)
+        store.save_atomic(
+            {"ema": net.state_dict(), "step": torch.tensor(step)}, tmp_path / names[step]
+        )
+    model = tmp_path / "final.pt"
+    record = store.checkpoint_record(tmp_path, names)
+    nets.save_trained(model, net.state_dict(), model_cfg(), 4, 20, None, record)
+    found = store.recorded_checkpoints(model)
+    assert found == {10: tmp_path / names[10], 20: tmp_path / names[20]}
+    # a later training of other settings rewrote one checkpoint: refused
+    torch.manual_seed(1)
+    other = nets.build_network(model_cfg(), 4)
+    store.save_atomic({"ema": other.state_dict(), "step": torch.tensor(10)}, tmp_path / names[10])
+    with pytest.raises(
+        ValueError, match="changed since .*final.pt was written.*rerun its training"
+    ):
+        store.recorded_checkpoints(model)
+    (tmp_path / names[10]).unlink()
+    with pytest.raises(FileNotFoundError, match="is gone"):
+        store.recorded_checkpoints(model)
+    nets.save_trained(model, net.state_dict(), model_cfg(), 4, 20)
+    with pytest.raises(ValueError, match="records no training checkpoints"):
+        store.recorded_checkpoints(model)
+    with pytest.raises(FileNotFoundError, match="missing after training"):
+        store.checkpoint_record(tmp_path, names)

@@ -381,8 +381,11 @@ class LearnedScore:
         return -eps / math.sqrt(delta(float(t)))
 
 
-def save_trained(path, ema_state: dict, arch: dict, d: int, step: int, image_shape=None):
-    """The final model file: EMA weights and what is needed to rebuild the network."""
+def save_trained(
+    path, ema_state: dict, arch: dict, d: int, step: int, image_shape=None, checkpoints=None
+):
+    """The final model file: EMA weights, what is needed to rebuild the network, and the record
+    of its training checkpoints (`store.checkpoint_record`: step → file beside it, digest)."""
     from .store import save_atomic  # here: the models import on a GPU machine without zarr
 
     save_atomic(
@@ -392,6 +395,7 @@ def save_trained(path, ema_state: dict, arch: dict, d: int, step: int, image_sha
             "d": int(d),
             "step": int(step),
             "image_shape": list(image_shape) if image_shape else [],
+            "checkpoints": checkpoints or {},
         },
         path,
     )

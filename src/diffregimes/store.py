@@ -198,3 +198,52 @@ def save_atomic(obj, path):
             f"could not write {path}: {reason}. Check that "
             f"{path.parent} is a writable folder on a disk with free space, then rerun snakemake"
         ) from None
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A hex digest of a file's bytes (sha256, read in 16 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 * 2**20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def checkpoint_record(folder: str | os.PathLike, names: dict[int, str]) -> dict[str, dict]:
+    """What the model file records of its training checkpoints (step → file name in `folder`
+    and its digest), so that a rule that reads them from the declared model file reads
+    exactly the ones that training wrote."""
+    folder = Path(folder)
+    record = {}
+    for step, name in sorted(names.items()):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"checkpoint {folder / name} is missing after training")
+        record[str(step)] = {"file": name, "sha256": file_digest(folder / name)}
+    return record
+
+
+def recorded_checkpoints(model_path: str | os.PathLike) -> dict[int, Path]:
+    """The checkpoints a model file records (beside it), each checked against its digest:
+    step → path. A model file without a record, or a checkpoint missing or changed since the
+    model was written, is an error that says to retrain."""
+    model_path = Path(model_path)
+    record = load_checkpoint(model_path).get("checkpoints")
+    retrain = f"rerun its training (snakemake --forcerun train, or delete {model_path})"
+    if not record:
+        raise ValueError(f"{model_path} records no training checkpoints (an older file): {retrain}")
+    out = {}
+    for step, entry in record.items():
+        path = model_path.parent / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {path} recorded by {model_path} is gone: {retrain}"
+            )
+        if file_digest(path) != entry["sha256"]:
+            raise ValueError(
+                f"checkpoint {path} changed since {model_path} was written (its digest differs): "
+                f"{retrain}"
+            )
+        out[int(step)] = path
+    return out

@@ -29,7 +29,7 @@ from .neighbours import nearest
 from .nets import LearnedScore
 from .scores import EmpiricalScore
 from .store import load_checkpoint
-from .train import CHECKPOINT, checkpoint_steps
+from .train import checkpoint_steps
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def ddim_grid(time_cfg: dict, steps: int) -> np.ndarray:
 
 def measure_training_axis(
     net: torch.nn.Module,
-    folder,
+    checkpoints: dict,
     model_cfg: dict,
     axis_cfg: dict,
     train: xr.Dataset,
@@ -76,7 +76,9 @@ def measure_training_axis(
     """f_mem_by_step(step), score_error_{empirical,population}(step, time), dsm_gap(step, time),
     energy_distance(step), tau_mem, tau_mem_dsm and tau_gen with their intervals.
 
-    `population` is the law's exact score, or None where the law is unknown."""
+    `checkpoints` maps a training step to its checkpoint file (`store.recorded_checkpoints`:
+    the ones the model file records); `population` is the law's exact score, or None where the
+    law is unknown."""
     run_grid, keep = process.grid_from_settings(time_cfg)
     times = run_grid[keep]
     grid = ddim_grid(time_cfg, axis_cfg["ddim_steps"])
@@ -100,7 +102,11 @@ def measure_training_axis(
     loss_held_out = np.empty(len(steps))
     energy = np.empty((len(steps), 2))
     for j, step in enumerate(steps):
-        state = load_checkpoint(folder / CHECKPOINT.format(step), device)
+        if step not in checkpoints:
+            raise KeyError(
+                f"no checkpoint of training step {step} is recorded (have {sorted(checkpoints)})"
+            )
+        state = load_checkpoint(checkpoints[step], device)
         net.load_state_dict(state["ema"])
         score = LearnedScore(net.to(device))
         gen = torch.Generator(device=device).manual_seed(seed)  # the same x_T at every step
