@@ -358,3 +358,93 @@ def test_a_fused_optimiser_state_resumes_with_this_devices_update(tmp_path):
     resumed = _train_small(folder)
     for key, value in straight["ema"].items():
         torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=0)
+
+
+# --- the compiled CPU step (train._CompiledCPUStep) ----------------------------------------
+
+
+def _one_thread(fn):
+    """Run fn with one torch thread (as RESUME_SCRIPT does): Inductor's C++ kernels split their
+    reductions by thread count, so bitwise comparisons need the same count on both sides."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_training_give_the_same_loss_curve(tmp_path, caplog):
+    """The whole compiled step (forward, backward, clip, AdamW, EMA) follows the eager loop.
+
+    Not bitwise: Inductor fuses and reorders the elementwise and reduction sums, so the runs
+    part by float32 rounding (~1e-7 relative a step) that training then amplifies slowly:
+    measured ≤ 3e-7 relative over 200 steps, ~7e-6 over 1000 (windows of 10 steps). Bound
+    1e-5 over 200 steps, 30× the measured difference and 10⁴× below the 20 % the loss falls
+    over those steps. The final EMA weights: measured ≤ 1.5e-6 apart (weights of order 0.1);
+    bound 1e-5 absolute."""
+    train_ds, _ = gmm(8, 512, 0.6)
+    a = torch.as_tensor(train_ds["x"].values)
+    out = {}
+    for compile_ in (False, True):
+        cfg = model_cfg(steps=200, log_every=10, checkpoints=2, compile=compile_)
+        torch.manual_seed(0)
+        with caplog.at_level("INFO"):
+            out[compile_] = train.train(
+                nets.build_network(cfg, 8), a, cfg, TIME, 3, tmp_path / str(compile_), "fp"
+            )
+    assert "torch.compile the whole step" in caplog.text
+    assert out[True]["compile_s"] > 0 and out[False]["compile_s"] == 0
+    eager, compiled = out[False]["history"], out[True]["history"]
+    assert compiled["step"] == eager["step"]
+    np.testing.assert_allclose(compiled["loss"], eager["loss"], rtol=1e-5, atol=0)
+    assert eager["loss"][-1] < 0.9 * eager["loss"][0]  # it trained: the comparison means something
+    for key, value in out[False]["ema"].items():
+        torch.testing.assert_close(out[True]["ema"][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_compiles_on_the_cpu_only_for_long_runs():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not train._compiles("auto", cpu, train.CPU_COMPILE_MIN_STEPS - 1)
+    assert train._compiles("auto", cpu, train.CPU_COMPILE_MIN_STEPS)
+    assert train._compiles("auto", cuda, 10) and train._compiles(True, cpu, 10)
+    assert not train._compiles(False, cuda, 10**7)
+
+
+@pytest.mark.slow
+def test_killed_compiled_training_resumes_to_identical_weights(tmp_path, caplog):
+    """RESUME_SCRIPT with compile: true, killed after its third checkpoint and resumed here
+    (compiled again, one thread like the script): the same weights, bit for bit, as an
+    uninterrupted compiled run, and a rerun of that is bitwise the same too."""
+    cfg = model_cfg(width=64, steps=3000, checkpoints=6, log_every=10, compile=True)
+    script = tmp_path / "run.py"
+    script.write_text(RESUME_SCRIPT.format(cfg=cfg, time=TIME))
+    folder = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(folder)])
+    first = folder / train.CHECKPOINT.format(train.checkpoint_steps(3000, 6)[2])
+    deadline = time.time() + 300  # compiling comes first: ~5 s with Inductor's cache, ~30 cold
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the training subprocess never wrote its third checkpoint"
+    assert not (folder / train.CHECKPOINT.format(3000)).exists(), "killed too late to resume"
+
+    def run(where):
+        torch.manual_seed(0)
+        data_ = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+        net = nets.build_network(cfg, 4)
+        return _one_thread(lambda: train.train(net, data_, cfg, TIME, 5, where, "fp"))
+
+    with caplog.at_level("INFO"):
+        resumed = run(folder)
+    assert "resuming from checkpoint_step" in caplog.text
+    assert "torch.compile the whole step" in caplog.text
+    straight = run(tmp_path / "straight")
+    again = run(tmp_path / "again")
+    assert resumed["step"] == straight["step"] == 3000
+    for key, value in straight["ema"].items():
+        torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=0)
+        torch.testing.assert_close(again["ema"][key], value, rtol=0, atol=0)
+    np.testing.assert_allclose(resumed["history"]["loss"], straight["history"]["loss"], rtol=1e-12)

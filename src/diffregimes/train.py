@@ -28,6 +28,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -137,6 +138,93 @@ def _load_optimizer(opt: torch.optim.Optimizer, saved: dict, kind: dict) -> None
             entry["step"] = entry["step"].to(device=where, dtype=torch.float32)
 
 
+CPU_COMPILE_MIN_STEPS = 20_000  # compile: 'auto' compiles a CPU run of at least this many steps
+
+
+def _compiles(compile_, device: torch.device, steps: int) -> bool:
+    """Whether `train` compiles: True always, False never, 'auto' on CUDA and on the CPU for a
+    run of at least CPU_COMPILE_MIN_STEPS steps: a CPU job pays seconds to trace the step with
+    Inductor (more with a cold cache) and saves a fraction of each step, so it pays only on long
+    runs (bench/train_loop.py measures both)."""
+    if compile_ is True:
+        return True
+    if compile_ != "auto":
+        return False
+    if device.type == "cuda":
+        return True
+    # Inductor on the CPU writes C++: without a compiler 'auto' stays eager rather than failing
+    has_cxx = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
+    return steps >= CPU_COMPILE_MIN_STEPS and has_cxx
+
+
+class _CompiledCPUStep:
+    """One training step on the CPU as two Inductor graphs, with no per-parameter Python work.
+
+    Graph 1, the forward (noising, network, loss), with AOTAutograd's backward compiled with it
+    and run by `loss.backward()`; graph 2, the update: gradient clipping, AdamW and the EMA lerp
+    fused into one C++ kernel over all parameters. The update is written out here (torch's
+    `opt.step` breaks the graph on purpose) and keeps its state in `opt.state` in torch's own
+    layout (step, exp_avg, exp_avg_sq), so checkpoints load in either mode. Learning rate and
+    EMA weight enter as 0-d tensors, so warm-up and the EMA schedule trigger no recompile.
+    Eager and compiled losses agree to float rounding, not bitwise (Inductor fuses and
+    reorders the elementwise sums; tests/test_train.py bounds the difference)."""
+
+    def __init__(self, net, ema, opt, cfg, autocast: bool):
+        self.params = list(net.parameters())
+        self.ema_params = list(ema.parameters())
+        self.opt = opt
+        group = opt.param_groups[0]
+        b1, b2 = group["betas"]
+        eps, wd, max_norm = group["eps"], group["weight_decay"], float(cfg["grad_clip"])
+        for p in self.params:  # torch's lazy initialisation (Adam._init_group), done up front
+            if p not in opt.state or not opt.state[p]:
+                opt.state[p] = {
+                    "step": torch.tensor(0.0, dtype=torch.float32),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+        self.lr = torch.tensor(0.0)
+        self.weight = torch.tensor(0.0)
+        params, ema_params = self.params, self.ema_params
+        states = [opt.state[p] for p in params]
+
+        def loss_fn(a, t, z):
+            x = process.noised(a, t, z)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                return (net(x, t).float() - z).pow(2).mean()
+
+        def update(lr, weight, grads):
+            # clip_grad_norm_: the 2-norm of all gradients, scaled to at most max_norm
+            norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+            coef = torch.clamp(max_norm / (torch.linalg.vector_norm(norms) + 1e-6), max=1.0)
+            for p, g, state, e in zip(params, grads, states, ema_params, strict=True):
+                g = g * coef  # AdamW as torch's single-tensor update (torch/optim/adam.py)
+                step = state["step"]
+                step.add_(1)
+                p.mul_(1 - lr * wd)
+                state["exp_avg"].lerp_(g, 1 - b1)
+                state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (state["exp_avg_sq"].sqrt() / (1 - b2**step).sqrt()).add_(eps)
+                p.sub_(lr / (1 - b1**step) * state["exp_avg"] / denom)
+                e.lerp_(p, weight)
+
+        self.loss_fn = torch.compile(loss_fn, fullgraph=True)
+        self.update = torch.compile(update, fullgraph=True)
+
+    def __call__(self, a, t, z, lr: float, weight: float) -> torch.Tensor:
+        self.lr.fill_(lr)
+        self.weight.fill_(weight)
+        for group in self.opt.param_groups:
+            group["lr"] = lr  # what a checkpoint's optimiser state records
+        loss = self.loss_fn(a, t, z)
+        for p in self.params:
+            p.grad = None
+        loss.backward()
+        with torch.no_grad():
+            self.update(self.lr, self.weight, [p.grad for p in self.params])
+        return loss.detach()
+
+
 def train(
     net: torch.nn.Module,
     data: torch.Tensor,
@@ -152,8 +240,9 @@ def train(
     """Train `net` on `data` (n, d) by denoising score matching; return the final state.
 
     `cfg` is the model's config entry (steps, batch_size, lr, weight_decay, warmup, ema,
-    grad_clip, checkpoints, log_every, compile: 'auto' compiles on CUDA only, False never,
-    True on any device); `bf16` turns bf16 autocast of the network on (None: on CUDA);
+    grad_clip, checkpoints, log_every, compile: see `_compiles`; on CUDA the network is
+    compiled, on the CPU the whole step, `_CompiledCPUStep`); `bf16` turns bf16 autocast of the
+    network on (None: on CUDA);
     `fingerprint` identifies the settings so a rerun resumes only from checkpoints of the same
     run. Raises FloatingPointError when the loss turns NaN or inf, naming the step and the
     last finite loss (found at the next log or checkpoint step, see the module doc)."""
@@ -165,7 +254,7 @@ def train(
     net = net.to(device)
     data = data.to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
-    # Parameter lists once: walking the modules for them at every step cost ~5 % of a step.
+    # Parameter lists once: walking the modules for them at every step costs time every step.
     params, ema_params = list(net.parameters()), list(ema.parameters())
     use_cuda = device.type == "cuda"
     # CPU: foreach, one multi-tensor kernel per Adam operation instead of one per parameter
@@ -196,16 +285,19 @@ def train(
     else:
         log.info("training from scratch: %d steps, batch %d", total, cfg["batch_size"])
 
-    compile_ = cfg.get("compile", "auto")
-    forward = net
-    if compile_ is True or (use_cuda and compile_ == "auto"):
-        forward = torch.compile(net)
+    compiled = _compiles(cfg.get("compile", "auto"), device, total)
     autocast = use_cuda if bf16 is None else bool(bf16)
+    forward, cpu_step = net, None
+    if compiled and use_cuda:
+        forward = torch.compile(net)
+    elif compiled:  # the whole step, forward to EMA (_CompiledCPUStep)
+        cpu_step = _CompiledCPUStep(net, ema, opt, cfg, autocast)
     log.info(
         "torch.compile %s; bf16 autocast %s",
-        "on" if forward is not net else "off",
+        "off" if not compiled else ("the network" if use_cuda else "the whole step"),
         "on" if autocast else "off",
     )
+    compile_s = 0.0  # the compiled step's first call: Dynamo, Inductor (or its cache), a step
     lam_lo = float(process.log_snr(time_cfg["T"]))
     lam_hi = float(process.log_snr(time_cfg["t_min"]))
     n, d = data.shape
@@ -233,20 +325,27 @@ def train(
     net.train()
     while step < total:
         lr = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
-        for group in opt.param_groups:
-            group["lr"] = lr
         idx = batch_indices(n, cfg["batch_size"], cfg.get("full_batch", False), gen, device)
         t = _draw_times(cfg["batch_size"], lam_lo, lam_hi, gen, device)
         z = torch.randn(cfg["batch_size"], d, generator=gen, device=device)
-        x = process.noised(data[idx], t, z)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = (forward(x, t).float() - z).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"], foreach=True)
-        opt.step()
-        with torch.no_grad():  # EMA: θ_ema ← θ_ema + (1 − decay_k)(θ − θ_ema)
-            torch._foreach_lerp_(ema_params, params, 1 - ema_decay(cfg["ema"], step))
+        if cpu_step is not None:
+            started = time.perf_counter()
+            loss = cpu_step(data[idx], t, z, lr, 1 - ema_decay(cfg["ema"], step))
+            if not compile_s:  # the first call traces and compiles both graphs
+                compile_s = time.perf_counter() - started
+                tick += compile_s  # the log's steps/s is the training's, compile aside
+        else:
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x = process.noised(data[idx], t, z)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = (forward(x, t).float() - z).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"], foreach=True)
+            opt.step()
+            with torch.no_grad():  # EMA: θ_ema ← θ_ema + (1 − decay_k)(θ − θ_ema)
+                torch._foreach_lerp_(ema_params, params, 1 - ema_decay(cfg["ema"], step))
         step += 1
         pending.append(loss.detach())  # no host read here (module doc)
         logged = step % cfg["log_every"] == 0 or step == total
@@ -273,7 +372,9 @@ def train(
         step,
         hist["loss"][-1] if hist["loss"] else float("nan"),
     )
-    return {"ema": ema.state_dict(), "history": hist, "step": step}
+    if compiled:
+        log.info("compiling took %.1f s", compile_s)
+    return {"ema": ema.state_dict(), "history": hist, "step": step, "compile_s": compile_s}
 
 
 def _state(net, ema, opt, gen, step, hist, window, fingerprint):
