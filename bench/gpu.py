@@ -268,6 +268,15 @@ class Bench:
         seconds = self.timed(lambda: score(x, 0.3))
         flops = 4.0 * b * n * d / seconds
         out = dict(n=n, d=d, batch=b, flops=flops, vs_matmul=self.vs(flops))
+        if self.dev.type != "cpu":  # the budget-sized blocks against the CPU's cache-sized ones
+            sized = neighbours.block_sizes
+            neighbours.block_sizes = lambda *args, **kw: sized(*args[:5], device_type="cpu")
+            try:
+                cpu_blocks = self.timed(lambda: score(x, 0.3))
+            finally:
+                neighbours.block_sizes = sized
+            out["cpu_block_sizes_s"] = cpu_blocks
+            out["budget_blocks_speedup"] = cpu_blocks / seconds
         # float32 accuracy at small t, where the softmax is nearly one-hot: against float64
         t = 1e-2
         xs = self._noised(a, idx[: c["accuracy_batch"]], t, g)

@@ -153,7 +153,9 @@ def time_scales_vs_n(summary: xr.Dataset):
             ok = np.isfinite(y) & np.isfinite(hi)
             err = np.vstack([y - lo, hi - y])[:, ok]
             fit = fit_runs(runs, "n", tau)
-            text = f"{label}: b = {fit['exponent']:.2f} [{fit['ci_low']:.2f}, {fit['ci_high']:.2f}]"
+            text = label  # with its fit where one exists (at least 3 finite points)
+            if np.isfinite(fit["exponent"]):
+                text += f": b = {fit['exponent']:.2f} [{fit['ci_low']:.2f}, {fit['ci_high']:.2f}]"
             ax.errorbar(n[ok], y[ok], yerr=err, fmt="o", ms=4, capsize=2, color=color, label=text)
             if np.isfinite(fit["exponent"]):
                 xs = n[order]
