@@ -6,7 +6,7 @@ import torch
 
 from diffregimes import generate, judge, store
 from diffregimes.device import job_device
-from diffregimes.joblog import Timer, progress_bar, start_log
+from diffregimes.joblog import Timer, cell_of, progress_bar, start_log
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -50,5 +50,5 @@ with Timer(log, f"sampling {w.score} score, job seed {seed}"):
         )
         raise FloatingPointError(f"{err}, {w.score} score; no trajectories written. {fix}") from err
 bar.close()
-ds.attrs.update(dataset=w.dataset, d=int(w.d), n=int(w.n), seed=int(w.seed), score=w.score)
+ds.attrs.update(cell_of(w))
 store.write(ds, sm.output[0])

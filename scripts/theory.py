@@ -2,7 +2,7 @@
 
 from diffregimes import process, store, theory_store
 from diffregimes.device import job_device
-from diffregimes.joblog import Timer, progress_bar, start_log
+from diffregimes.joblog import Timer, cell_of, progress_bar, start_log
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -29,7 +29,7 @@ with Timer(log, f"theory and f^e, job seed {seed}"):
         progress=bar.update,
     )
 bar.close()
-ds.attrs.update(dataset=w.dataset, d=int(w.d), n=int(w.n), seed=int(w.seed))
+ds.attrs.update(cell_of(w))
 log.info(
     "Λ = %.4g, t_S = %.4g, t_C = %.4g, t_C from f^e = %.4g ± %.2g",
     ds.Lambda,

@@ -6,7 +6,7 @@ import torch
 
 from diffregimes import nets, store, train
 from diffregimes.device import job_device
-from diffregimes.joblog import Timer, progress_bar, start_log
+from diffregimes.joblog import Timer, cell_of, progress_bar, start_log
 from diffregimes.seeds import array_digest, fingerprint, job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -59,14 +59,5 @@ nets.save_trained(
     sm.output.model, result["ema"], p.model, x.shape[1], result["step"], shape, record
 )
 hist = train.history_dataset(result["history"])
-hist.attrs.update(
-    dataset=w.dataset,
-    d=int(w.d),
-    n=int(w.n),
-    seed=int(w.seed),
-    model=w.model,
-    device=str(device),
-    seed_job=seed,
-    settings=p.model,
-)
+hist.attrs.update(cell_of(w), device=str(device), seed_job=seed, settings=p.model)
 store.write(hist, sm.output.log_store)

@@ -3,7 +3,7 @@
 from diffregimes import generate, nets, store, training_axis
 from diffregimes.data import SYNTHETIC_KINDS
 from diffregimes.device import job_device
-from diffregimes.joblog import Timer, start_log
+from diffregimes.joblog import Timer, cell_of, start_log
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -32,14 +32,6 @@ with Timer(log, f"training axis of {w.model}, job seed {seed}"):
         budget,
         device,
     )
-ds.attrs.update(
-    dataset=w.dataset,
-    d=int(w.d),
-    n=int(w.n),
-    seed=int(w.seed),
-    model=w.model,
-    seed_job=seed,
-    settings={"axis": p.axis, "sampler": "ddim"},
-)
+ds.attrs.update(cell_of(w), seed_job=seed, settings={"axis": p.axis, "sampler": "ddim"})
 log.info("tau_mem = %.4g", float(ds.tau_mem))
 store.write(ds, sm.output[0])

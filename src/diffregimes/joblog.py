@@ -52,3 +52,13 @@ class Timer:
             self.log.info("%s: done in %.2f s", self.what, took)
         else:
             self.log.info("%s: failed after %.2f s", self.what, took)
+
+
+def cell_of(wildcards) -> dict:
+    """The attrs naming a job's cell, from its wildcards: dataset, d, n, seed, and the score or
+    model where the rule has one."""
+    out = dict(
+        dataset=wildcards.dataset, d=int(wildcards.d), n=int(wildcards.n), seed=int(wildcards.seed)
+    )
+    out.update({k: wildcards[k] for k in ("score", "model") if k in wildcards.keys()})
+    return out
