@@ -106,3 +106,41 @@ def test_legend_only_when_something_is_labelled():
     plots.legend(ax, fontsize=7)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["τ_mem"]
     plt.close(fig)
+
+
+def test_memorisation_figures_draw_when_every_time_scale_is_censored():
+    """Two widths, two n, no τ reached (short training): the log axes would have no positive
+    data and matplotlib would raise at drawing; the figures say "no runs" instead (the rerun
+    tests' grid once failed its summary report on exactly this)."""
+    runs = 4
+    nan = np.full(runs, np.nan)
+    summary = xr.Dataset(
+        {
+            "f_mem_by_step": (("run", "step"), np.zeros((runs, 2))),
+            "f_mem_by_step_ci_low": (("run", "step"), np.zeros((runs, 2))),
+            "f_mem_by_step_ci_high": (("run", "step"), np.full((runs, 2), 0.05)),
+            "model_width": ("run", [32.0, 32.0, 64.0, np.nan]),
+            **{v: ("run", nan) for v in ("tau_mem", "tau_mem_dsm", "tau_gen")},
+            **{
+                v: ("run", np.full(runs, 200.0) if v.endswith("ci_low") else nan)
+                for v in ("tau_mem_ci_low", "tau_mem_ci_high", "tau_mem_dsm_ci_low")
+            },
+            **{v: ("run", nan) for v in ("tau_mem_dsm_ci_high", "tau_gen_bracket_low")},
+            "tau_gen_bracket_high": ("run", nan),
+        },
+        coords={
+            "dataset": ("run", ["g"] * runs),
+            "score": ("run", ["mlp", "mlp", "wide", "unet"]),
+            "d": ("run", [4] * runs),
+            "n": ("run", [16, 64, 16, 16]),
+            "step": [10, 200],
+        },
+    )
+    for draw in (
+        plots_memorisation.width_axis,
+        plots_memorisation.time_scales_vs_n,
+        plots_memorisation.phase_diagram_nw,
+    ):
+        fig = draw(summary)
+        fig.canvas.draw()  # where a log axis without positive data raises
+        plt.close(fig)

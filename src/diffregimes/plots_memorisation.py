@@ -72,6 +72,16 @@ def scaling_table(summary: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _log_axes(ax, plotted: bool, **labels) -> None:
+    """Log–log axes where points were drawn; a "no runs" note where none were (matplotlib cannot
+    log-scale an axis without positive data: every τ censored, or no width)."""
+    if plotted:
+        ax.set(xscale="log", yscale="log", **labels)
+    else:
+        no_runs(ax)
+        ax.set(**labels)
+
+
 def _final(run, name):
     """A by-step variable at the run's last evaluated step."""
     ok = run.f_mem_by_step.notnull().values
@@ -147,10 +157,13 @@ def time_scales_vs_n(summary: xr.Dataset):
     for ax, (key, runs) in zip(axes, groups, strict=True):
         n = runs.n.values.astype(float)
         order = np.argsort(n)
+        plotted = False
         for (tau, label), color in zip(TIME_SCALES.items(), ("C3", "C1", "C0"), strict=True):
             low, high, _ = INTERVALS[tau]
             y, lo, hi = (runs[v].values.astype(float) for v in (tau, low, high))
             ok = np.isfinite(y) & np.isfinite(hi)
+            cens = ~np.isfinite(y) & np.isfinite(lo) & (lo > 0)
+            plotted |= bool(ok.any() or cens.any())
             err = np.vstack([y - lo, hi - y])[:, ok]
             fit = fit_runs(runs, "n", tau)
             text = label  # with its fit where one exists (at least 3 finite points)
@@ -160,15 +173,9 @@ def time_scales_vs_n(summary: xr.Dataset):
             if np.isfinite(fit["exponent"]):
                 xs = n[order]
                 ax.plot(xs, fit["prefactor"] * xs ** fit["exponent"], "-", color=color, lw=1)
-            cens = ~np.isfinite(y)
             ax.plot(n[cens], lo[cens], "^", color=color, ms=6, mfc="none")  # > last step
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="n",
-            ylabel="training step",
-            title=f"{key['dataset']} d={key['d']} {key['score']}",
-        )
+        title = f"{key['dataset']} d={key['d']} {key['score']}"
+        _log_axes(ax, plotted, xlabel="n", ylabel="training step", title=title)
         legend(ax, fontsize=6)
     fig.suptitle("Time scales against n (open triangles: never reached, > last step)")
     fig.tight_layout()
@@ -186,15 +193,17 @@ def width_axis(summary: xr.Dataset):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, tau in zip(axes, ("tau_mem", "tau_gen"), strict=True):
         low, high, _ = INTERVALS[tau]
+        plotted = False
         for w, color in zip(widths, palette, strict=True):
             runs = sub.where(sub.model_width == w, drop=True)
             y, lo, hi = (runs[v].values.astype(float) * w for v in (tau, low, high))
             ok = np.isfinite(y) & np.isfinite(hi)
+            plotted |= bool(ok.any())
             n = runs.n.values.astype(float)
             err = np.vstack([y - lo, hi - y])[:, ok]
             label = f"W = {w:g}"
             ax.errorbar(n[ok], y[ok], yerr=err, fmt="o", ms=4, capsize=2, color=color, label=label)
-        ax.set(xscale="log", yscale="log", xlabel="n", ylabel=f"{TIME_SCALES[tau]} · W")
+        _log_axes(ax, plotted, xlabel="n", ylabel=f"{TIME_SCALES[tau]} · W")
         legend(ax, fontsize=7)
     fig.suptitle("The width axis: τ_mem ∝ n/W, τ_gen ∝ 1/W")
     fig.tight_layout()
@@ -214,11 +223,13 @@ def phase_diagram_nw(summary: xr.Dataset, level: float = 0.1):
     lo = np.array([_final(sub.isel(run=r), "f_mem_by_step_ci_low") for r in range(len(f))])
     hi = np.array([_final(sub.isel(run=r), "f_mem_by_step_ci_high") for r in range(len(f))])
     art = None
+    known = np.isfinite(w) & (w > 0)  # a U-Net's first width; NaN where none is recorded
     for mask, marker, label in (
         (lo > level, "X", "memorising"),
         (hi < level, "o", "generalising"),
         ((lo <= level) & (hi >= level), "s", "undecided"),
     ):
+        mask = mask & known
         if mask.any():
             art = ax.scatter(
                 n[mask],
@@ -234,13 +245,8 @@ def phase_diagram_nw(summary: xr.Dataset, level: float = 0.1):
             )
     if art is not None:
         fig.colorbar(art, ax=ax, label="f_mem at the last step")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="n",
-        ylabel="width W",
-        title=f"End of training: f_mem against {level:g}",
-    )
+    title = f"End of training: f_mem against {level:g}"
+    _log_axes(ax, art is not None, xlabel="n", ylabel="width W", title=title)
     legend(ax, fontsize=7)
     fig.tight_layout()
     return fig
