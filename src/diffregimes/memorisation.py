@@ -90,6 +90,11 @@ def dsm_losses(score_fn, x0: torch.Tensor, times, generator, draws: int = 1) -> 
     return out
 
 
+def mean_se(v: np.ndarray, axis: int = 0):
+    """Mean and standard error of the mean along `axis` (independent draws)."""
+    return v.mean(axis), v.std(axis, ddof=1) / math.sqrt(v.shape[axis])
+
+
 def dsm_gap(held_out: np.ndarray, training: np.ndarray):
     """Held-out minus training DSM loss from per-point losses (points, times): the gap per noise
     level and of the level-averaged loss, each with its SE (the points of each set are
@@ -97,10 +102,6 @@ def dsm_gap(held_out: np.ndarray, training: np.ndarray):
     training points; it opens when the model memorises them.
 
     Returns (gap(time), se(time), gap_mean, se_mean)."""
-
-    def mean_se(v, axis=0):
-        return v.mean(axis), v.std(axis, ddof=1) / math.sqrt(v.shape[axis])
-
     m_test, s_test = mean_se(held_out)
     m_train, s_train = mean_se(training)
     a_test, sa_test = mean_se(held_out.mean(1))

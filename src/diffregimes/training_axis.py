@@ -16,7 +16,6 @@ x̂₀ and held-out points always), whose plateau gives τ_gen (memorisation.py)
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch
@@ -42,16 +41,10 @@ def evaluated_steps(model_cfg: dict, count: int) -> list[int]:
 
 
 def score_errors(score_fn, reference, test_x, times, generator):
-    """Δ_t · mean ‖s_θ − s_ref‖²/d at each t on noised held-out points (the ε-scale MSE).
-    The noise is drawn on the held-out points' device, from `generator` (same device)."""
-    out = np.empty(len(times))
-    for k, t in enumerate(times):
-        dt = process.delta(float(t))
-        z = torch.randn(test_x.shape, generator=generator, dtype=test_x.dtype, device=test_x.device)
-        x = test_x * math.exp(-t) + math.sqrt(dt) * z
-        diff = score_fn(x, float(t)) - reference[k](x, float(t))
-        out[k] = dt * float(diff.pow(2).mean())
-    return out
+    """Δ_t · mean ‖s_θ − s_ref‖²/d at each t on noised held-out points (the ε-scale MSE), with
+    reference[k] the reference score at times[k]. The noise is drawn on the held-out points'
+    device, from `generator` (same device)."""
+    return point_errors(score_fn, reference, test_x, times, generator).mean(0)
 
 
 def ddim_grid(time_cfg: dict, steps: int) -> np.ndarray:
@@ -121,12 +114,9 @@ def measure_training_axis(
         err_emp[j] = score_errors(score, [empirical] * len(times), test_x, times, egen)
         if population is not None:
             pgen = torch.Generator(device=device).manual_seed(seed + 1)
-            per_point = point_errors(score, population, test_x, times, pgen)
+            per_point = point_errors(score, [population] * len(times), test_x, times, pgen)
             err_pop[j] = per_point.mean(0)
-            err_pop_mean[j] = (
-                per_point.mean(1).mean(),
-                per_point.mean(1).std(ddof=1) / (math.sqrt(per_point.shape[0])),
-            )
+            err_pop_mean[j] = memorisation.mean_se(per_point.mean(1))
         # the same noise for every checkpoint: the gap's changes come from training alone
         test_loss = memorisation.dsm_losses(
             score, test_x, times, torch.Generator(device=device).manual_seed(seed + 2), draws
@@ -207,13 +197,13 @@ def measure_training_axis(
 
 
 def point_errors(score_fn, reference, test_x, times, generator) -> np.ndarray:
-    """Δ_t ‖s_θ − s_ref‖²/d per held-out point (points, times), the noise drawn on the points'
-    device from `generator`."""
+    """Δ_t ‖s_θ − s_ref‖²/d per held-out point (points, times), reference[k] at times[k], the
+    noise drawn on the points' device from `generator`."""
     out = np.empty((test_x.shape[0], len(times)))
     for k, t in enumerate(times):
         z = torch.randn(test_x.shape, generator=generator, dtype=test_x.dtype, device=test_x.device)
         x = process.noised(test_x, float(t), z)
-        diff = score_fn(x, float(t)) - reference(x, float(t))
+        diff = score_fn(x, float(t)) - reference[k](x, float(t))
         out[:, k] = (process.delta(float(t)) * diff.pow(2).mean(1)).double().cpu().numpy()
     return out
 
