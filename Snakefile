@@ -23,6 +23,7 @@ wildcard_constraints:
     seed=r"\d+",
     score="[A-Za-z][A-Za-z0-9_]*",
     model="[A-Za-z][A-Za-z0-9_]*",
+    baseline="[A-Za-z][A-Za-z0-9_]*",
 
 
 include: "workflow/rules/data.smk"

@@ -24,7 +24,7 @@ if "m" in train:
 elif sm.input.get("judge"):
     net, _, _ = judge.load_judge(sm.input.judge[0], device)
     classify = None if net is None else functools.partial(judge.judge_classes, net)
-score = generate.build_score(w.score, train, budget, device, model_path=model)
+score = generate.build_score(w.score, train, budget, device, model_path=model, baseline=p.baseline)
 bar = progress_bar(generate.planned_steps(p.time, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):
     try:

@@ -13,7 +13,9 @@ device = job_device(log, sm.threads, sm.resources.get("gpu"))  # the Monte Carlo
 
 train = store.open_store(sm.input.train, "training set", require=("x",))
 grid, keep = process.grid_from_settings(p.time)
-seed = job_seed("theory", w.dataset, w.d, w.n, w.seed)
+blur = p.get("blur", 0.0)  # σ_s of a smoothed baseline's theory (rule theory_baseline)
+baseline = w.get("baseline")
+seed = job_seed("theory", w.dataset, w.d, w.n, w.seed, *([baseline] if baseline else []))
 bar = progress_bar(len(keep) * p.entropy_samples, "f^e Monte Carlo samples", sm.log[0])
 with Timer(log, f"theory and f^e, job seed {seed}"):
     ds = theory_store.theory_store(
@@ -27,6 +29,7 @@ with Timer(log, f"theory and f^e, job seed {seed}"):
         n_boot=p.bootstrap,
         device=device,
         progress=bar.update,
+        blur=blur,
     )
 bar.close()
 ds.attrs.update(cell_of(w))

@@ -17,6 +17,12 @@ test = store.open_store(sm.input.test, "held-out set", require=("x",))
 net = nets.load_trained(sm.input.model, device)
 known_law = train.attrs["kind"] in SYNTHETIC_KINDS  # real images: no population score
 population = generate.build_score("population", train, budget, device) if known_law else None
+# the closed-form scores the network is compared with (r², SCIENCE.md §7)
+references = {"population": population} if population is not None else {}
+references["empirical"] = generate.build_score("empirical", train, budget, device)
+references["gaussian"] = generate.build_score("gaussian", train, budget, device)
+for name, spec in p.baselines.items():  # the dataset's baselines (smoothed: each σ_s)
+    references[name] = generate.build_score(name, train, budget, device, baseline=spec)
 seed = job_seed("training_axis", w.dataset, w.d, w.n, w.seed, w.model)
 with Timer(log, f"training axis of {w.model}, job seed {seed}"):
     ds = training_axis.measure_training_axis(
@@ -31,6 +37,7 @@ with Timer(log, f"training axis of {w.model}, job seed {seed}"):
         seed,
         budget,
         device,
+        references,
     )
 ds.attrs.update(cell_of(w), seed_job=seed, settings={"axis": p.axis, "sampler": "ddim"})
 log.info("tau_mem = %.4g", float(ds.tau_mem))

@@ -62,6 +62,19 @@ BAD = {
         lambda c: _digits(c, kind="idx"),
         "datasets.digits.path",
     ),
+    "baseline named like a model": (
+        lambda c: c["baselines"].update(mlp={"kind": "smoothed", "sigma_s": 0.2}),
+        "baselines.mlp",
+    ),
+    "baseline name not defined": (
+        lambda c: _gmm(c).update(scores=["smoth"]),
+        "Did you mean 'smooth'",
+    ),
+    "negative blur": (lambda c: c["baselines"]["smooth"].update(sigma_s=-0.1), "sigma_s"),
+    "baseline without sigma_s": (
+        lambda c: _drop(c["baselines"]["smooth"], "sigma_s"),
+        "'sigma_s' is a required property",
+    ),
     "unet on vectors": (
         lambda c: c["models"]["mlp"].update(arch="unet"),
         "model 'mlp' is a unet",

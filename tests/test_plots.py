@@ -31,6 +31,7 @@ GRID_FIGURES = [
     plots_memorisation.width_axis,
     plots_memorisation.phase_diagram_nw,
     plots_memorisation.score_errors_by_step,
+    plots_memorisation.r2_vs_n,
 ]
 
 
@@ -144,3 +145,34 @@ def test_memorisation_figures_draw_when_every_time_scale_is_censored():
         fig = draw(summary)
         fig.canvas.draw()  # where a log axis without positive data raises
         plt.close(fig)
+
+
+def test_r2_table_names_the_closest_reference_or_a_tie():
+    """At the saved time nearest 0.1 of each run's last evaluated step: a run whose r² against
+    empirical beats population by 40 SE is 'empirical'; one within 2 SE is a 'tie'; the last
+    step of a run is its own (steps are outer-joined in a summary: NaN beyond it)."""
+    r2 = np.full((2, 3, 2, 3), np.nan)  # run, step, reference, time
+    r2[0, :2] = [[[1, 0.5, 0.1], [1, 0.9, 0.2]]] * 2  # run 0: evaluated at steps 10, 100
+    r2[1, :] = [[[1, 0.70, 0.1], [1, 0.71, 0.2]]] * 3
+    summary = xr.Dataset(
+        {
+            "f_mem_by_step": (("run", "step"), np.array([[0, 0.1, np.nan], [0, 0, 0]])),
+            "score_r2": (("run", "step", "reference", "time"), r2),
+            "score_r2_se": (("run", "step", "reference", "time"), np.full(r2.shape, 0.01)),
+        },
+        coords={
+            "dataset": ("run", ["g", "g"]),
+            "score": ("run", ["mlp", "mlp"]),
+            "d": ("run", [4, 4]),
+            "n": ("run", [16, 1024]),
+            "step": [10, 100, 1000],
+            "reference": ["population", "empirical"],
+            "time": [1.0, 0.12, 0.01],
+        },
+    )
+    table = plots_memorisation.r2_table(summary)
+    assert table["closest"].tolist() == ["empirical", "tie"]
+    assert table["r² empirical"].tolist() == ["0.900 ± 0.010", "0.710 ± 0.010"]
+    fig = plots_memorisation.r2_vs_n(summary)
+    assert fig.axes
+    plt.close(fig)

@@ -239,3 +239,45 @@ def test_gaussian_baseline_is_the_closed_form_score_of_the_training_mean_and_cov
         expected = -np.linalg.solve(m, (x - mu * np.exp(-t)).T).T
         got = score(torch.as_tensor(x), t).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------- the smoothed baseline (SCIENCE.md §7)
+
+
+def _direct_blurred_log_density(train, x, t, blur):
+    """log (1/n) Σ_μ N(x; a^μ e^{−t}, Γ_t I), Γ_t = Δ_t + σ_s² e^{−2t}: the training set
+    blurred by N(0, σ_s² I) and noised to t, by direct differences in float64."""
+    var = delta(t) + blur**2 * math.exp(-2 * t)
+    n, d = train.shape
+    diff = x[:, None, :] - train[None, :, :] * math.exp(-t)
+    logits = -(diff * diff).sum(-1) / (2 * var)
+    return torch.logsumexp(logits, 1) - math.log(n) - 0.5 * d * math.log(2 * math.pi * var)
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.3, 2.0])
+def test_smoothed_score_is_the_score_of_the_blurred_training_set(t):
+    """σ_s = 0.4: the gradient (autograd) of the blurred set's log-density, and that density."""
+    train, g = _train(N_TRAIN, 4, seed=9)
+    x = _empirical_queries(train, t, 50, g)
+    score = EmpiricalScore(train, budget_bytes=4096, blur=0.4)
+    expected = _autograd_score(lambda y, s: _direct_blurred_log_density(train, y, s, 0.4), x, t)
+    torch.testing.assert_close(score(x, t), expected, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(
+        score.log_density(x, t), _direct_blurred_log_density(train, x, t, 0.4), rtol=1e-12, atol=0
+    )
+    # and it is not the empirical score: at t = 1e-3 the blur dominates Δ_t
+    assert not torch.allclose(score(x, t), EmpiricalScore(train)(x, t), rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_smoothed_with_zero_blur_is_the_empirical_score(dtype):
+    train, g = _train(N_TRAIN, 8, seed=10)
+    x = _empirical_queries(train, 0.05, 64, g).to(dtype)
+    train = train.to(dtype)
+    for t in (1e-3, 0.05, 1.0):
+        torch.testing.assert_close(
+            EmpiricalScore(train, 4096, blur=0.0)(x, t),
+            EmpiricalScore(train, 4096)(x, t),
+            rtol=0,
+            atol=0,
+        )

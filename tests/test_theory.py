@@ -153,6 +153,30 @@ def test_collapse_time_gmm_is_root(n, d, sigma):
     assert th.collapse_time_from_curve(t[::-1], f[::-1]) == pytest.approx(t_c, abs=1e-3)
 
 
+@pytest.mark.parametrize("n,d,sigma,blur", [(2**12, 20, 0.7, 0.3), (2**14, 64, 1.5, 1.0)])
+def test_blurred_collapse_time_is_the_root_of_the_blurred_excess_entropy(n, d, sigma, blur):
+    """The smoothed baseline (SCIENCE.md §7): Δ_t → Δ_t + σ_s² e^{−2t} in f; its root is
+    ½ log(1 + σ²/(n^{2/d} − 1) − σ_s²), below the unblurred t_C, and the spectrum form with the
+    GMM's spectrum (σ² in every direction) gives the same f."""
+    alpha = np.log(n) / d
+    t_c = th.collapse_time_gmm(n, d, sigma, blur=blur)
+    assert 0 < t_c < th.collapse_time_gmm(n, d, sigma)
+    assert th.excess_entropy_gmm(t_c, alpha, sigma, clip=False, blur=blur) == pytest.approx(
+        0.0, abs=1e-12
+    )
+    t = np.linspace(0.01, 4, 50)
+    np.testing.assert_allclose(
+        th.excess_entropy_spectrum(t, alpha, np.full(d, sigma**2), d, clip=False, blur=blur),
+        th.excess_entropy_gmm(t, alpha, sigma, clip=False, blur=blur),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    # a blur wider than σ/√(n^{2/d} − 1) never collapses: f(t) > 0 down to t → 0, t_C = 0
+    wide = 1.01 * sigma / np.sqrt(np.expm1(2 * alpha))
+    assert th.collapse_time_gmm(n, d, sigma, blur=wide) == 0.0
+    assert th.excess_entropy_gmm(1e-6, alpha, sigma, clip=False, blur=wide) > 0
+
+
 def test_collapse_time_from_curve_spectrum_and_nan():
     # non-GMM spectrum: compare with the root from brentq, tolerance 1e-3 (grid 1e-3)
     d, alpha = 50, 0.2

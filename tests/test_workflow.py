@@ -38,14 +38,16 @@ RUN_VARIABLES = {
 
 
 def test_default_config_dry_run(tmp_path):
-    """The shipped config validates and plans the full grid: GMM 3 d × 3 n × 3 scores, digits
-    2 n × 1 score, Fashion-MNIST 2 n × 1 score where Debian's files are installed."""
+    """The shipped config validates and plans the full grid: GMM 3 d × 3 n × 5 scores (with the
+    gaussian and smoothed baselines, the latter with its own theory per cell), digits 2 n × 1
+    score, Fashion-MNIST 2 n × 1 score where Debian's files are installed."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     jobs = planned_jobs(tmp_path, None)
     fashion = Path(image_files.FASHION_MNIST_PATH).is_dir()
-    assert jobs["sample"] == 27 + 2 + 2 * fashion and jobs["metrics"] == jobs["sample"]
+    assert jobs["sample"] == 45 + 2 + 2 * fashion and jobs["metrics"] == jobs["sample"]
     assert jobs["train"] == 9 and jobs["training_axis"] == 9
     assert jobs["data"] == 9 + 2 + 2 * fashion and jobs["theory"] == jobs["data"]
+    assert jobs["theory_baseline"] == 9
     assert jobs["judge"] == 1 + fashion
     assert jobs["summary"] == 1 and jobs["index"] == 1
 
@@ -93,10 +95,18 @@ def test_tiny_run_stores(tiny_run):
     gauss = xr.open_zarr(results / "metrics/gauss/d8/n32/s0/empirical.zarr", consolidated=True)
     assert np.isnan(gauss["phi_class"]).all()
     assert "no classes" in gauss["phi_class"].attrs["not_applicable"]
+    # the smoothed baseline is measured against the theory of the blurred training set
+    smooth = xr.open_zarr(results / "metrics/gauss/d8/n32/s0/smooth.zarr", consolidated=True)
+    own = xr.open_zarr(results / "theory/gauss/d8/n32/s0/baselines/smooth.zarr", consolidated=True)
+    assert own.attrs["blur_sigma"] == 0.3 and "blurred" in own["t_C_theory"].attrs["description"]
+    assert float(smooth["t_C_theory"]) == float(own["t_C_theory"])
+    assert float(smooth["t_C_theory"]) < float(gauss["t_C_theory"])
+    assert smooth["f_excess"].values.tolist() == own["f_excess"].values.tolist()
 
     summary = xr.open_zarr(results / "summary.zarr", consolidated=True)
-    assert summary.sizes["run"] == 15  # gmm 2 d × 2 n × 3 scores + gauss 1 × 1 × 3
-    assert set(summary["score"].values) == {"population", "empirical", "mlp", "gaussian"}
+    assert summary.sizes["run"] == 16  # gmm 2 d × 2 n × 3 scores + gauss 1 × 1 × 4
+    scores = {"population", "empirical", "mlp", "gaussian", "smooth"}
+    assert set(summary["score"].values) == scores
     # the law reaches the summary (the grid and reproduction figures select runs by it)
     kinds = dict(zip(summary["dataset"].values, summary["kind"].values, strict=True))
     assert kinds == {"gmm": "gmm", "gauss": "gaussian"}
@@ -125,6 +135,10 @@ def test_tiny_run_learned_score(tiny_run):
     assert np.isfinite(m["score_error_population"]).all()  # the GMM law is known
     assert m["tau_mem"].dims == ()
     assert int(m["step"][-1]) == 200
+    # r² against the closed-form references (the gmm dataset lists no baseline)
+    assert m["score_r2"].dims == ("step", "reference", "time")
+    assert list(m["reference"].values) == ["population", "empirical", "gaussian"]
+    assert np.isfinite(m["score_r2_se"]).all() and (m["score_r2"] <= 1).all()
 
 
 @pytest.mark.slow
@@ -132,7 +146,7 @@ def test_tiny_run_reports(tiny_run):
     results = tiny_run / "results"
     index = (results / "index.html").read_text()
     assert "reports/summary.html" in index and "reports/reproduction.html" in index
-    assert index.count("<tr>") == 15 + 1  # header + one row per run
+    assert index.count("<tr>") == 16 + 1  # header + one row per run
     # the tiny grid measures none of the paper's numbers: every row says so, none vanishes
     comparison = (results / "reproduction" / "comparison.csv").read_text().splitlines()
     assert len(comparison) - 1 == len(
@@ -143,7 +157,7 @@ def test_tiny_run_reports(tiny_run):
     assert grid.count("data:image/png;base64") >= 11  # every grid figure embedded
     assert "Traceback" not in grid
     runs = sorted((results / "reports" / "runs").rglob("*.html"))
-    assert len(runs) == 15
+    assert len(runs) == 16
     for html in runs:
         text = html.read_text()
         assert f'href="{html.relative_to(results).as_posix()}"' in index
@@ -163,12 +177,32 @@ def test_tiny_rerun_does_nothing_and_metric_change_reruns_metrics_only(tiny_run,
     jobs = planned_jobs(tiny_run, changed)
     downstream = {"summary", "report_summary", "reproduction", "report_reproduction", "index"}
     assert set(jobs) - {"all"} == {"metrics", "report_run", *downstream}
-    assert jobs["metrics"] == 15 and jobs["report_run"] == 15
+    assert jobs["metrics"] == 16 and jobs["report_run"] == 16
     # the memory budget of the chunked kernels is a resource, not a param: nothing reruns
     cfg = yaml.safe_load(TINY.read_text())
     cfg["metrics"]["memory_budget_mb"] = 7
     changed.write_text(yaml.safe_dump(cfg))
     assert planned_jobs(tiny_run, changed) == {}
+
+
+@pytest.mark.slow
+def test_tiny_rerun_of_a_baseline_change_reruns_that_baseline_only(tiny_run, tmp_path):
+    """A new σ_s of the smoothed baseline resamples it and recomputes its own theory, nothing
+    else of the grid."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["baselines"]["smooth"]["sigma_s"] = 0.5
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(tiny_run, changed)
+    downstream = {"summary", "report_summary", "reproduction", "report_reproduction", "index"}
+    assert set(jobs) - {"all"} == {
+        "sample",
+        "theory_baseline",
+        "metrics",
+        "report_run",
+        *downstream,
+    }
+    assert jobs["sample"] == jobs["theory_baseline"] == jobs["metrics"] == 1
 
 
 @pytest.mark.slow
@@ -182,9 +216,9 @@ def test_snakemake_report_collects_every_report(tiny_run):
         n
         for n in names
         if n.rsplit("/", 1)[-1]
-        in ("population.html", "empirical.html", "gaussian.html", "mlp.html")
+        in ("population.html", "empirical.html", "gaussian.html", "smooth.html", "mlp.html")
     ]
-    assert len(runs) == 15  # every run report, with the grid report and the index
+    assert len(runs) == 16  # every run report, with the grid report and the index
     assert any(name.endswith("/summary.html") for name in names)
     assert any(name.endswith("/index.html") for name in names)
 
@@ -208,7 +242,7 @@ def test_rule_code_inputs_follow_the_script_imports():
             script = re.search(r'script:\s*"\.\./\.\./scripts/(\w+)\.py"', body)
             if script:
                 rules[rule] = (re.findall(r"code=code\(([^)]*)\)", body), script.group(1))
-    assert len(rules) == 13, sorted(rules)
+    assert len(rules) == 14, sorted(rules)
     for rule, (calls, script) in rules.items():
         # one derived list: the rule's own script (and the notebook a report renders)
         assert calls and calls[0].split(",")[0] == f'"{script}"', (rule, calls)

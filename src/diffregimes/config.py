@@ -23,6 +23,8 @@ import yaml
 # Scores with a closed form (no training): the law's, the training set's (memorises), and the
 # Gaussian fit to the training set (the optimal linear denoiser, SCIENCE.md §7).
 EXACT_SCORES = ("population", "empirical", "gaussian")
+# Closed-form scores with settings, named entries under `baselines` (SCIENCE.md §7).
+BASELINE_KINDS = ("smoothed",)
 SYNTHETIC_KINDS = ("gmm", "gaussian")
 IMAGE_KINDS = ("digits", "fashion_mnist", "idx", "npz", "cifar10", "image_folder")
 # Keys that belong to one family of kinds only (a gmm with `sizes:` is a mistake, not a no-op).
@@ -264,10 +266,20 @@ def _check_run_sections(cfg: dict, name: str) -> None:
         raise ConfigError(key("cloning", "t_lo"), f"must be below T={time['T']}")
 
 
+def is_closed_form(cfg: dict, score: str) -> bool:
+    """An exact score or a baseline: nothing to train, cheap to evaluate."""
+    return score in EXACT_SCORES or score in cfg.get("baselines", {})
+
+
 def check(cfg: dict) -> None:
     """Relations between keys (after the schema filled in the defaults)."""
     models = cfg.get("models", {})
-    known = list(EXACT_SCORES) + list(models)
+    baselines = cfg.get("baselines", {})
+    for name in set(models) & set(baselines):
+        raise ConfigError(
+            f"baselines.{name}", f"'{name}' is also a model under 'models': rename one of them"
+        )
+    known = list(EXACT_SCORES) + list(baselines) + list(models)
     for name, ds in cfg["datasets"].items():
         key = f"datasets.{name}"
         _check_run_sections(cfg, name)
@@ -278,7 +290,8 @@ def check(cfg: dict) -> None:
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(
                     f"{key}.scores",
-                    f"'{score}' is neither an exact score ({', '.join(EXACT_SCORES)}) nor a "
+                    f"'{score}' is neither an exact score ({', '.join(EXACT_SCORES)}), nor a "
+                    f"baseline under 'baselines' ({', '.join(baselines) or 'none'}), nor a "
                     f"model defined under 'models' ({', '.join(models) or 'none'})." + hint,
                 )
             if images and score == "population":

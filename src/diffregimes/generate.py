@@ -26,13 +26,20 @@ def build_score(
     device,
     dtype=torch.float32,
     model_path=None,
+    baseline: dict | None = None,
 ):
-    """The score named `score` for the training store `train`: population, empirical, or a
-    learned model whose final weights are at `model_path`."""
+    """The score named `score` for the training store `train`: population, empirical,
+    gaussian, the baseline `baseline` (its config entry: smoothed with sigma_s) or a learned
+    model whose final weights are at `model_path`."""
     if model_path is not None:
         from .nets import LearnedScore, load_trained
 
         return LearnedScore(load_trained(model_path, device))
+    if baseline:
+        if baseline["kind"] != "smoothed":
+            raise ValueError(f"baseline {score!r}: unknown kind {baseline['kind']!r}")
+        x = torch.as_tensor(train["x"].values, dtype=dtype, device=device)
+        return EmpiricalScore(x, budget_bytes, blur=baseline["sigma_s"])
     if score == "empirical":
         x = torch.as_tensor(train["x"].values, dtype=dtype, device=device)
         return EmpiricalScore(x, budget_bytes)

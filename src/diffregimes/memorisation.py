@@ -195,6 +195,15 @@ def scaling_exponent(x, tau, sigma_log, level: float = 0.95) -> dict:
     return out
 
 
+def learned_runs(runs):
+    """The runs of a summary (xarray, `run` dim) that have a training axis (learned scores:
+    f_mem measured at some step); None when there is none."""
+    if "f_mem_by_step" not in runs:
+        return None
+    sub = runs.isel(run=np.flatnonzero(runs.f_mem_by_step.notnull().any("step").values))
+    return sub if sub.sizes["run"] else None
+
+
 def fit_runs(runs, x: str, tau: str, level: float = 0.95) -> dict:
     """`scaling_exponent` of the time scale `tau` (a key of INTERVALS) against the run
     coordinate or variable `x` (n, model_width) over the runs of a summary (xarray, `run` dim)."""

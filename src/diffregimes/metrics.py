@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from . import theory
+from . import process, theory
 from .neighbours import log_partition
 from .speciation import speciation_time_fit
 
@@ -23,6 +23,7 @@ __all__ = [
     "collapse_time_entropy_level",
     "collapse_times",
     "excess_entropy_empirical",
+    "r_squared",
     "memorisation_ratio",
     "memorised_fraction",
     "same_class_fraction",
@@ -222,9 +223,20 @@ def same_nearest_fraction(idx_a, idx_b):
 
 
 def excess_entropy_empirical(
-    train, t, n_mc=4096, generator=None, budget_bytes=DEFAULT_BUDGET_BYTES, progress=None
+    train,
+    t,
+    n_mc=4096,
+    generator=None,
+    budget_bytes=DEFAULT_BUDGET_BYTES,
+    progress=None,
+    blur=0.0,
 ):
     """Monte Carlo excess entropy f^e(t) of the empirical measure (SCIENCE.md §4).
+
+    With `blur` = σ_s > 0, of the training set blurred by N(0, σ_s² I) (the smoothed baseline,
+    SCIENCE.md §7): every Δ_t below becomes Γ_t = Δ_t + σ_s² e^{−2t}, the variance of each
+    blurred point at time t, in the samples, in L and in the separated-Gaussians entropy
+    s^sep = α + ½ + ½ log(2πΓ_t), so f^e = mean(L)/d + ½ still and t_C is where it reaches 0.
 
     For each t, n_mc exact samples x = a^μ e^{−t} + √Δ_t z (μ uniform, z ~ N(0, I)) and
     log P_t^e(x) = L(x) − log n − (d/2) log(2πΔ_t), L(x) = logsumexp_μ(−‖x − a^μ e^{−t}‖²/(2Δ_t)).
@@ -256,6 +268,8 @@ def excess_entropy_empirical(
         Memory budget for the (samples × centres) blocks.
     progress : callable, optional
         Called with the number of samples done after each block (a progress bar).
+    blur : float
+        σ_s of the blur (0: the empirical measure itself).
 
     Returns
     -------
@@ -276,7 +290,7 @@ def excess_entropy_empirical(
     se = np.empty(times.size)
     for k, tk in enumerate(times):
         scale = math.exp(-tk)
-        dlt = float(theory.delta(tk))
+        dlt = process.blurred_variance(tk, blur)  # Γ_t (= Δ_t unblurred)
         centres = a * scale  # a^μ e^{−t}
         lse = []
         mu = torch.randint(0, n, (n_mc,), generator=generator, device=dev)  # μ uniform
@@ -318,6 +332,25 @@ def collapse_time_entropy_level(t, f_e, alpha, fraction=0.1):
     not the zero of f (pitfall 7: 0.1 α sits a few % above the closed-form t_C); kept under a
     name that says so (`t_C_entropy_level`)."""
     return theory.collapse_time_from_curve(t, _np(f_e, np.float64) - fraction * alpha)
+
+
+# ------------------------------------------------------------- which score a network learns (§7)
+
+
+def r_squared(score, reference):
+    """r²(s_θ, s_ref) = 1 − E‖s_θ − s_ref‖² / E‖s_θ − E s_θ‖² over the rows (points) of two
+    (points, d) arrays of scores at the same noised points (SCIENCE.md §7), with its
+    delta-method SE over the points (a = ‖s_θ − s_ref‖², b = ‖s_θ − s̄_θ‖² per point:
+    Var(Ā/B̄) ≈ [Var a − 2(Ā/B̄) Cov(a, b) + (Ā/B̄)² Var b] / (N B̄²))."""
+    s, r = _np(score, np.float64), _np(reference, np.float64)
+    a = ((s - r) ** 2).sum(1)
+    b = ((s - s.mean(0)) ** 2).sum(1)
+    ratio = a.mean() / b.mean()
+    if a.size < 2:
+        return float(1 - ratio), float("nan")
+    cov = np.cov(a, b)
+    var = (cov[0, 0] - 2 * ratio * cov[0, 1] + ratio**2 * cov[1, 1]) / (a.size * b.mean() ** 2)
+    return float(1 - ratio), float(np.sqrt(max(var, 0.0)))
 
 
 # --------------------------------------------------------------------------- memorisation (§5)

@@ -93,7 +93,9 @@ def speciation_table(summary: xr.Dataset) -> pd.DataFrame:
 
 def excess_entropy(summary: xr.Dataset):
     """f^e(t)/α (Monte Carlo, points) and f(t)/α (theory, lines), one panel per d."""
-    sub = summary.where(summary.score == summary.score[0], drop=True)  # f^e is score-free
+    # f^e is the training set's for every score but a smoothed baseline (its blurred set's)
+    plain = summary.where(summary.blur == 0, drop=True) if "blur" in summary else summary
+    sub = plain.where(plain.score == plain.score[0], drop=True)
     fig, axes, panels = panels_by_d(sub)
     palette = sns.color_palette("viridis", n_colors=len(set(sub.n.values.tolist())))
     ns = sorted(set(int(v) for v in sub.n.values))

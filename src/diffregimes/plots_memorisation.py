@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 import xarray as xr
 
-from .memorisation import INTERVALS, fit_runs
+from .memorisation import INTERVALS, fit_runs, learned_runs
 from .plots import legend, no_runs, panels_by_d
 
 TIME_SCALES = {
@@ -20,13 +20,6 @@ TIME_SCALES = {
     "tau_mem_dsm": "τ_mem (DSM gap)",
     "tau_gen": "τ_gen",
 }
-
-
-def _learned(summary: xr.Dataset) -> xr.Dataset | None:
-    if "f_mem_by_step" not in summary:
-        return None
-    sub = summary.where(summary.f_mem_by_step.notnull().any("step"), drop=True)
-    return sub if sub.sizes["run"] else None
 
 
 def _groups(sub: xr.Dataset, axis: str):
@@ -46,7 +39,7 @@ def scaling_table(summary: xr.Dataset) -> pd.DataFrame:
     """The fitted exponents of τ_mem, τ_mem (DSM gap) and τ_gen against n (per dataset, d,
     score) and against the width W (per dataset, d, n), with SE, 95 % CI and points used; the
     follow-up's values: τ_mem ∝ n W⁻¹, τ_gen ∝ n⁰ W⁻¹."""
-    sub = _learned(summary)
+    sub = learned_runs(summary)
     rows = []
     expected = {("n", "tau_mem"): 1, ("n", "tau_mem_dsm"): 1, ("n", "tau_gen"): 0}
     expected.update({("model_width", k): -1 for k in TIME_SCALES})
@@ -98,7 +91,7 @@ def _curve(ax, run, x, color, label):
 def memorisation_by_step(summary: xr.Dataset):
     """f_mem against training step for every learned run, one panel per d, a line per n;
     the dotted lines mark τ_mem. The follow-up's claim: τ_mem grows ∝ n."""
-    sub = _learned(summary)
+    sub = learned_runs(summary)
     if sub is None:
         return None
     ns = sorted({int(v) for v in sub.n.values})
@@ -121,7 +114,7 @@ def memorisation_by_step(summary: xr.Dataset):
 def memorisation_collapse(summary: xr.Dataset):
     """f_mem against step (left) and against step/n (right) for every n of each (dataset, d,
     score): if τ_mem ∝ n the curves on the right fall on one another."""
-    sub = _learned(summary)
+    sub = learned_runs(summary)
     groups = [] if sub is None else _groups(sub, "n")
     if not groups:
         return None
@@ -147,7 +140,7 @@ def time_scales_vs_n(summary: xr.Dataset):
     """τ_mem (from f_mem and from the DSM gap) and τ_gen against n on log–log axes, with their
     intervals and the weighted fits τ ∝ n^b (b and its 95 % CI in the legend); the follow-up:
     b = 1 for τ_mem, 0 for τ_gen."""
-    sub = _learned(summary)
+    sub = learned_runs(summary)
     groups = [] if sub is None else _groups(sub, "n")
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.6 * max(1, len(groups)), 3.6))
     axes = np.atleast_1d(axes)
@@ -185,7 +178,7 @@ def time_scales_vs_n(summary: xr.Dataset):
 def width_axis(summary: xr.Dataset):
     """τ_mem·W (left) and τ_gen·W (right) against n for the runs of every model width: if
     τ_mem ∝ n/W and τ_gen ∝ 1/W, the widths fall on one line each."""
-    sub = _learned(summary)
+    sub = learned_runs(summary)
     if sub is None or "model_width" not in sub or np.unique(sub.model_width).size < 2:
         return None
     widths = sorted({float(w) for w in sub.model_width.values if np.isfinite(w)})
@@ -214,7 +207,7 @@ def phase_diagram_nw(summary: xr.Dataset, level: float = 0.1):
     """The (n, W) plane at the end of training: f_mem of the last checkpoint (colour), a cross
     where its Wilson interval lies above `level` (memorising), a circle where below
     (generalising), a square where the interval straddles it."""
-    sub = _learned(summary)
+    sub = learned_runs(summary)
     if sub is None:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.8))
@@ -255,7 +248,7 @@ def phase_diagram_nw(summary: xr.Dataset, level: float = 0.1):
 def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
     """Learned score's distance to the empirical (memorising) and population (generalising)
     scores against training step, at a mid-grid time, one panel per learned run."""
-    sub = _learned(summary)
+    sub = learned_runs(summary)
     if sub is None:
         return None
     k = sub.sizes["time"] // 2 if time_index is None else time_index
@@ -291,3 +284,75 @@ def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
 
 
 # --- per-run figures (the run report) -----------------------------------------------------
+
+
+# --- which score a network learns (SCIENCE.md §7) -------------------------------------------
+
+R2_TIME = 0.1  # the scores differ here: at t ≳ 1 every score is ≈ −x (r² ≈ 1 against all)
+
+
+def _final_r2(run: xr.Dataset, t: float):
+    """(references, r², SE) of a run's last evaluated checkpoint at its saved time nearest t."""
+    r2 = run.score_r2.dropna("step", how="all")
+    if not r2.sizes.get("step"):
+        return [], np.array([]), np.array([])
+    step = r2.step.values[-1]
+    times = r2.time.values[np.isfinite(r2.sel(step=step).values).any(0)]
+    near = times[np.argmin(np.abs(np.log(times / t)))]
+    value = run.score_r2.sel(step=step, time=near).values
+    se = run.score_r2_se.sel(step=step, time=near).values
+    ok = np.isfinite(value)  # a reference this run has not (another dataset's baseline)
+    return [str(v) for v in run.reference.values[ok]], value[ok], se[ok]
+
+
+def r2_table(summary: xr.Dataset, t: float = R2_TIME) -> pd.DataFrame | None:
+    """Per learned run: r² ± SE of its final score against each reference at the saved time
+    nearest t, and the closest reference (largest r²; 'tie' when the runner-up is within
+    2 combined SE)."""
+    sub = learned_runs(summary)
+    if sub is None or "score_r2" not in sub:
+        return None
+    rows = []
+    for r in range(sub.sizes["run"]):
+        run = sub.isel(run=r)
+        refs, values, ses = _final_r2(run, t)
+        if not refs:
+            continue
+        row = {k: run[k].item() for k in ("dataset", "d", "n", "score")}
+        for ref, v, e in zip(refs, values, ses, strict=True):
+            row[f"r² {ref}"] = f"{v:.3f} ± {e:.3f}"
+        order = np.argsort(values)[::-1]
+        best = refs[order[0]]
+        if len(order) > 1:
+            gap = values[order[0]] - values[order[1]]
+            best = best if gap > 2 * np.hypot(ses[order[0]], ses[order[1]]) else "tie"
+        row["closest"] = best
+        rows.append(row)
+    return pd.DataFrame(rows) if rows else None
+
+
+def r2_vs_n(summary: xr.Dataset, t: float = R2_TIME):
+    """r² of the final learned score against each reference (at the saved t nearest `t`)
+    against n, one panel per d, ±1 SE: which score networks learn as n grows."""
+    sub = learned_runs(summary)
+    if sub is None or "score_r2" not in sub:
+        return None
+    fig, axes, panels = panels_by_d(sub)
+    for ax, d, runs in panels:
+        curves: dict[str, list] = {}
+        for r in range(runs.sizes["run"]):
+            run = runs.isel(run=r)
+            for ref, v, e in zip(*_final_r2(run, t), strict=True):
+                curves.setdefault(ref, []).append((int(run.n), v, e))
+        for i, (ref, pts) in enumerate(curves.items()):
+            n, v, e = np.array(sorted(pts)).T
+            ax.errorbar(n, v, e, fmt="o-", ms=3, capsize=2, color=f"C{i}", label=ref)
+        if curves:
+            ax.set_xscale("log")
+        else:
+            no_runs(ax)
+        ax.set(title=f"d = {d}", xlabel="n", ylabel=f"r² at t ≈ {t:g}")
+    legend(axes[0][0], fontsize=7)
+    fig.suptitle("Which score the final network is closest to")
+    fig.tight_layout()
+    return fig

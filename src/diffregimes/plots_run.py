@@ -218,4 +218,28 @@ def run_training(m: xr.Dataset, log: xr.Dataset):
     return fig
 
 
-# --- grid figures (the curse-of-dimensionality report) -----------------------------------
+R2_FLOOR = -0.5  # r² far below 0 (a reference the network does not follow at all) is clipped
+
+
+def run_score_r2(m: xr.Dataset):
+    """r²(t) of the final checkpoint's score against each closed-form reference (SCIENCE.md
+    §7), ±1 SE, clipped below at R2_FLOOR; which score the network has learned at each t."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    last = m.sel(step=m.step.max())
+    for i, ref in enumerate(m.reference.values):
+        r2 = last.score_r2.sel(reference=ref).values
+        se = last.score_r2_se.sel(reference=ref).values
+        t = m.time.values
+        ax.fill_between(t, np.maximum(r2 - se, R2_FLOOR), np.maximum(r2 + se, R2_FLOOR), alpha=0.2)
+        ax.plot(t, np.maximum(r2, R2_FLOOR), "o-", ms=3, color=f"C{i}", label=str(ref))
+    ax.axhline(1, color="k", lw=0.5)
+    ax.set(
+        xscale="log",
+        ylim=(R2_FLOOR - 0.05, 1.05),
+        xlabel="t",
+        ylabel="r²(s_θ, s_ref)",
+        title=f"Which score the network learned (step {int(m.step.max())})",
+    )
+    legend(ax, fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -24,6 +24,15 @@ def delta(t):
     return -np.expm1(-2.0 * np.asarray(t, dtype=np.float64))
 
 
+def blurred_variance(t, sigma: float):
+    """Γ_t = Δ_t + σ² e^{−2t}: the variance at time t of a point blurred by N(0, σ² I) at t = 0
+    (a GMM component of width σ, a smoothed training point); a float for a float t."""
+    if isinstance(t, float | int):
+        return delta(float(t)) + float(sigma) ** 2 * math.exp(-2.0 * t)
+    t = np.asarray(t, dtype=np.float64)
+    return delta(t) + float(sigma) ** 2 * np.exp(-2.0 * t)
+
+
 def log_snr(t):
     """Log signal-to-noise ratio λ(t) = log(e^{−2t} / Δ_t) (numpy float64, or torch)."""
     if isinstance(t, torch.Tensor):

@@ -232,9 +232,9 @@ def tau_mem_over_n(run, entry):
 
 def _exponent(runs, axis, tau):
     """The fitted exponent of τ ∝ axis^b over the selected learned runs (memorisation.fit_runs)."""
-    if "f_mem_by_step" not in runs:
+    learned = memorisation.learned_runs(runs)
+    if learned is None:
         return float("nan"), float("nan")
-    learned = runs.isel(run=np.flatnonzero(runs.f_mem_by_step.notnull().any("step").values))
     fit = memorisation.fit_runs(learned, axis, tau)
     if fit["points"] < 3:
         raise LookupError(

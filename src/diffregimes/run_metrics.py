@@ -262,7 +262,12 @@ def run_metrics(
     ds.attrs.update(traj.attrs)
     ds.attrs["law"] = train.attrs.get("law", "{}")  # the training set's law, for the summary
     ds.attrs.update(
-        metrics_settings=cfg, seed_metrics=int(seed), theory_seed_job=theory_ds.attrs["seed_job"]
+        metrics_settings=cfg,
+        seed_metrics=int(seed),
+        theory_seed_job=theory_ds.attrs["seed_job"],
+        # σ_s of the blurred training set whose theory this run is measured against (a
+        # smoothed baseline's), 0 for the training set itself
+        theory_blur_sigma=float(theory_ds.attrs.get("blur_sigma", 0.0)),
     )
     return ds
 
@@ -359,6 +364,8 @@ TRAINING_AXIS = (
     "tau_gen_energy",
     "tau_gen_energy_bracket_low",
     "tau_gen_energy_bracket_high",
+    "score_r2",
+    "score_r2_se",
     "model_width",
     "model_batch_size",
     "model_steps",

@@ -13,7 +13,7 @@ import math
 import torch
 
 from .neighbours import DEFAULT_BUDGET_BYTES, log_partition, softmax_mean
-from .process import delta
+from .process import blurred_variance, delta
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -29,7 +29,7 @@ class GMMScore:
         self.sigma = float(sigma)
 
     def gamma(self, t: float) -> float:
-        return delta(float(t)) + self.sigma**2 * math.exp(-2 * t)
+        return blurred_variance(t, self.sigma)
 
     def _field(self, x, t):
         return math.exp(-t) * (x @ self.m) / self.gamma(t)  # e^{−t} m·x / Γ_t
@@ -98,23 +98,34 @@ class EmpiricalScore:
 
     s^e(x, t) = (Σ_μ w_μ a^μ e^{−t} − x)/Δ_t, w = softmax_μ(−‖x − a^μ e^{−t}‖²/(2Δ_t)).
 
+    With `blur` = σ_s > 0 it is the smoothed empirical score (SCIENCE.md §7): the exact score of
+    the training set blurred by N(0, σ_s² I), P_t = (1/n) Σ_μ N(a^μ e^{−t}, Γ_t I) with
+    Γ_t = Δ_t + σ_s² e^{−2t} in place of Δ_t (σ_s = 0: the empirical score).
+
     Chunked over n and over the batch by `neighbours.softmax_mean`, so memory stays within
     `budget_bytes` whatever n is, and the softmax never overflows at small Δ_t."""
 
-    def __init__(self, train: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+    def __init__(
+        self, train: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES, blur: float = 0.0
+    ):
         self.train = train
         self.budget_bytes = budget_bytes
+        self.blur = float(blur)
         self.half_sq = 0.5 * (train * train).sum(1)  # ½‖a^μ‖², reused at every t
 
+    def variance(self, t: float) -> float:
+        """Γ_t = Δ_t + σ_s² e^{−2t}: the variance of each blurred training point at time t."""
+        return blurred_variance(t, self.blur)
+
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        dt = delta(float(t))
+        var = self.variance(t)
         # the dtype of x, as in log_density (`.to` is free when the dtypes already agree)
         train, half_sq = self.train.to(x.dtype), self.half_sq.to(x.dtype)
-        mean = softmax_mean(x, train, dt, self.budget_bytes, math.exp(-t), half_sq)
-        return (mean - x) / dt
+        mean = softmax_mean(x, train, var, self.budget_bytes, math.exp(-t), half_sq)
+        return (mean - x) / var
 
     def log_density(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """log P_t^e(x), in the dtype of x (pass float64 for the excess entropy)."""
-        dt, n, d = delta(float(t)), self.train.shape[0], x.shape[1]
-        lse = log_partition(x, self.train.to(x.dtype), dt, self.budget_bytes, math.exp(-t))
-        return lse - math.log(n) - 0.5 * d * (LOG_2PI + math.log(dt))
+        var, n, d = self.variance(t), self.train.shape[0], x.shape[1]
+        lse = log_partition(x, self.train.to(x.dtype), var, self.budget_bytes, math.exp(-t))
+        return lse - math.log(n) - 0.5 * d * (LOG_2PI + math.log(var))

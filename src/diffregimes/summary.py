@@ -21,6 +21,7 @@ def stack_summary(stores: list[xr.Dataset]) -> xr.Dataset:
         gmm = spec.get("kind") == "gmm"
         keys["sigma"] = float(spec.get("sigma", np.nan)) if gmm else np.nan  # GMM σ, mu
         keys["mu"] = float(spec.get("mu", np.nan)) if gmm else np.nan
+        keys["blur"] = float(ds.attrs.get("theory_blur_sigma", 0.0))  # a smoothed baseline's σ_s
         part = ds.drop_attrs(deep=False).expand_dims(run=1)
         parts.append(part.assign_coords({k: ("run", [v]) for k, v in keys.items()}))
     out = xr.concat(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from .process import blurred_variance
 from .process import delta as process_delta
 
 __all__ = [
@@ -161,42 +162,50 @@ def top_eigenvalue(x, center=True):
     return float(covariance_spectrum(x, center=center)[0])
 
 
-def excess_entropy_gmm(t, alpha, sigma, clip=True):
+def excess_entropy_gmm(t, alpha, sigma, clip=True, blur=0.0):
     """GMM excess entropy f(t) = α − ½ log(1 + σ² e^{−2t}/Δ_t) (SCIENCE.md §4).
 
     Clipped at 0 (the collapsed phase) unless ``clip=False``. f → α for t → ∞.
+
+    With ``blur`` = σ_s > 0, of the training set blurred by N(0, σ_s² I) (the smoothed
+    baseline, §7): its n components have variance Γ_t = Δ_t + σ_s² e^{−2t} and the law it
+    approximates Γ_t + σ² e^{−2t}, so Δ_t → Γ_t: f = α − ½ log(1 + σ² e^{−2t}/Γ_t).
     """
     t = np.asarray(t, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        f = alpha - 0.5 * np.log1p(sigma**2 * np.exp(-2.0 * t) / delta(t))
+        f = alpha - 0.5 * np.log1p(sigma**2 * np.exp(-2.0 * t) / blurred_variance(t, blur))
     return np.maximum(f, 0.0) if clip else f
 
 
-def excess_entropy_spectrum(t, alpha, eigvals, d, clip=True):
+def excess_entropy_spectrum(t, alpha, eigvals, d, clip=True, blur=0.0):
     """Gaussian-spectrum excess entropy f(t) = α − (1/2d) Σ_i log(1 + λ_i e^{−2t}/Δ_t) (§4).
 
     ``eigvals`` may hold fewer than d eigenvalues; the missing ones are 0 and contribute
-    nothing. Clipped at 0 unless ``clip=False``.
+    nothing. Clipped at 0 unless ``clip=False``. ``blur`` = σ_s: Δ_t → Γ_t as in
+    `excess_entropy_gmm`.
     """
     t = np.asarray(t, dtype=np.float64)
     lam = _as_numpy64(eigvals).reshape(-1)
     if lam.size > d:
         raise ValueError(f"got {lam.size} eigenvalues for d = {d}")
     with np.errstate(divide="ignore"):
-        ratio = np.exp(-2.0 * t) / delta(t)  # e^{−2t}/Δ_t
+        ratio = np.exp(-2.0 * t) / blurred_variance(t, blur)  # e^{−2t}/Γ_t
     s = np.log1p(lam[:, None] * ratio.reshape(1, -1)).sum(axis=0).reshape(t.shape)
     f = alpha - s / (2.0 * d)
     return np.maximum(f, 0.0) if clip else f
 
 
-def collapse_time_gmm(n, d, sigma):
+def collapse_time_gmm(n, d, sigma, blur=0.0):
     """t_C = ½ log(1 + σ²/(n^{2/d} − 1)) for the GMM (SCIENCE.md §4), root of f(t_C) = 0.
 
-    n^{2/d} − 1 is computed as expm1(2 ln(n)/d).
+    n^{2/d} − 1 is computed as expm1(2 ln(n)/d). With ``blur`` = σ_s (the smoothed baseline)
+    the root of `excess_entropy_gmm(..., blur)`: t_C = ½ log(1 + σ²/(n^{2/d} − 1) − σ_s²), and
+    0 where σ_s² ≥ σ²/(n^{2/d} − 1) (f > 0 at every t: the blurred set never collapses).
     """
     n = np.asarray(n, dtype=np.float64)
     d = np.asarray(d, dtype=np.float64)
-    return 0.5 * np.log1p(sigma**2 / np.expm1(2.0 * np.log(n) / d))
+    excess = sigma**2 / np.expm1(2.0 * np.log(n) / d) - blur**2
+    return 0.5 * np.log1p(np.maximum(excess, 0.0))
 
 
 def crossing_time(t, y, level=0.0):

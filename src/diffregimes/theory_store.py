@@ -44,9 +44,15 @@ def theory_store(
     entropy_z: float = 2.0,
     n_boot: int = 200,
     progress=None,
+    blur: float = 0.0,
 ) -> xr.Dataset:
     """Spectrum, Λ, both t_S references, the excess entropy (theory and Monte Carlo f^e) at
-    `times` and the collapse times read off it."""
+    `times` and the collapse times read off it.
+
+    With `blur` = σ_s > 0, the store of the smoothed baseline (SCIENCE.md §7): every excess
+    entropy (f^e by the same Monte Carlo, f of the law and of the training spectrum) and every
+    t_C read off one is that of the training set blurred by N(0, σ_s² I) (Δ_t → Γ_t =
+    Δ_t + σ_s² e^{−2t}); the spectrum, Λ and t_S are the training set's, as for σ_s = 0."""
     x = train["x"].values.astype(np.float64)
     n, d = x.shape
     spec = law(train)
@@ -63,25 +69,32 @@ def theory_store(
         )
 
     if not known_law:  # real data: the Gaussian-spectrum f(t) of the training covariance
-        f_theory = theory.excess_entropy_spectrum(times, alpha, eig, d)
+        f_theory = theory.excess_entropy_spectrum(times, alpha, eig, d, blur=blur)
         fine = np.geomspace(1e-4, 20.0, 4000)
         t_c = theory.collapse_time_from_curve(
-            fine, theory.excess_entropy_spectrum(fine, alpha, eig, d, clip=False)
+            fine, theory.excess_entropy_spectrum(fine, alpha, eig, d, clip=False, blur=blur)
         )
         t_c_how = "zero of the Gaussian-spectrum f(t) of the training covariance (no known law)"
     elif spec["kind"] == "gmm":
-        f_theory = theory.excess_entropy_gmm(times, alpha, spec["sigma"])
-        t_c = theory.collapse_time_gmm(n, d, spec["sigma"])
-        t_c_how = "GMM closed form ½ log(1 + σ²/(n^{2/d} − 1))"
+        f_theory = theory.excess_entropy_gmm(times, alpha, spec["sigma"], blur=blur)
+        t_c = theory.collapse_time_gmm(n, d, spec["sigma"], blur=blur)
+        t_c_how = (
+            "GMM closed form ½ log(1 + σ²/(n^{2/d} − 1) − σ_s²)"
+            if blur
+            else ("GMM closed form ½ log(1 + σ²/(n^{2/d} − 1))")
+        )
     else:
         pop = gaussian_spectrum(d, spec["lambda_max"], spec["decay"])
-        f_theory = theory.excess_entropy_spectrum(times, alpha, pop, d)
+        f_theory = theory.excess_entropy_spectrum(times, alpha, pop, d, blur=blur)
         fine = np.geomspace(1e-4, 20.0, 4000)
         t_c = theory.collapse_time_from_curve(
-            fine, theory.excess_entropy_spectrum(fine, alpha, pop, d, clip=False)
+            fine, theory.excess_entropy_spectrum(fine, alpha, pop, d, clip=False, blur=blur)
         )
         t_c_how = "zero of the Gaussian-spectrum f(t) of the law's covariance"
-    f_spectrum = theory.excess_entropy_spectrum(times, alpha, eig, d)
+    if blur:
+        t_c_how += f", of the training set blurred by N(0, {blur:g}² I); 0: it never collapses"
+        t_c = 0.0 if np.isnan(t_c) else t_c  # f > 0 down to t → 0: no zero
+    f_spectrum = theory.excess_entropy_spectrum(times, alpha, eig, d, blur=blur)
 
     log.info(
         "f^e Monte Carlo: %d samples at %d times, n=%d, d=%d", entropy_samples, len(times), n, d
@@ -89,7 +102,7 @@ def theory_store(
     gen = torch.Generator(device=device).manual_seed(seed)
     a = torch.as_tensor(x, dtype=torch.float64, device=device)
     f_e, f_e_se = metrics.excess_entropy_empirical(
-        a, times, entropy_samples, gen, budget_bytes, progress=progress
+        a, times, entropy_samples, gen, budget_bytes, progress=progress, blur=blur
     )
     t_c_e, t_c_e_se = metrics.collapse_time_entropy(
         times, f_e, f_e_se, entropy_z, n_boot, np.random.default_rng(seed)
@@ -121,7 +134,8 @@ def theory_store(
         coords={"time": times, "component": np.arange(len(eig))},
     )
     ds["eigenvalue"].attrs["description"] = "covariance spectrum of the centred training data"
-    ds["f_excess"].attrs["description"] = "Monte Carlo excess entropy f^e(t) of the training set"
+    of_what = "the training set" + (f" blurred by N(0, {blur:g}² I)" if blur else "")
+    ds["f_excess"].attrs["description"] = f"Monte Carlo excess entropy f^e(t) of {of_what}"
     ds["f_theory"].attrs["description"] = "excess entropy f(t) of the law (clipped at 0)"
     ds["f_spectrum"].attrs["description"] = "Gaussian-spectrum f(t) from the training covariance"
     convention = train.attrs.get("lambda_convention", train.attrs.get("preprocessing", ""))
@@ -150,7 +164,7 @@ def theory_store(
     ds["t_S_ddpm"].attrs["description"] = "DDPM-quantised t_S = −½ log ᾱ_{k_S}"
     ds["t_C_theory"].attrs["description"] = t_c_how
     ds["t_C_entropy"].attrs["description"] = (
-        f"largest t where the measured f^e(t) is within {entropy_z} SE of 0 (its zero)"
+        f"largest t where the measured f^e(t) of {of_what} is within {entropy_z} SE of 0 (its zero)"
     )
     ds["t_C_entropy_se"].attrs["description"] = "bootstrap SE of t_C_entropy (Monte Carlo error)"
     ds["t_C_entropy_level"].attrs["description"] = (
@@ -163,5 +177,6 @@ def theory_store(
         entropy_collapse_fraction=float(entropy_fraction),
         entropy_zero_se=float(entropy_z),
         seed_job=int(seed),
+        blur_sigma=float(blur),
     )
     return ds

@@ -65,13 +65,16 @@ def measure_training_axis(
     seed: int,
     budget_bytes: int,
     device="cpu",
+    references: dict | None = None,
 ) -> xr.Dataset:
     """f_mem_by_step(step), score_error_{empirical,population}(step, time), dsm_gap(step, time),
-    energy_distance(step), tau_mem, tau_mem_dsm and tau_gen with their intervals.
+    energy_distance(step), tau_mem, tau_mem_dsm and tau_gen with their intervals, and
+    score_r2(step, reference, time) against each of `references`.
 
     `checkpoints` maps a training step to its checkpoint file (`store.recorded_checkpoints`:
     the ones the model file records); `population` is the law's exact score, or None where the
-    law is unknown."""
+    law is unknown; `references` maps a name (population, empirical, gaussian, a baseline's) to
+    a closed-form score the network is compared with (SCIENCE.md §7), none if None."""
     run_grid, keep = process.grid_from_settings(time_cfg)
     times = run_grid[keep]
     grid = ddim_grid(time_cfg, axis_cfg["ddim_steps"])
@@ -94,6 +97,9 @@ def measure_training_axis(
     gap_mean = np.empty((len(steps), 2))
     loss_held_out = np.empty(len(steps))
     energy = np.empty((len(steps), 2))
+    references = references or {}
+    r2 = np.empty((len(steps), len(references), len(times)))
+    r2_se = np.empty_like(r2)
     for j, step in enumerate(steps):
         if step not in checkpoints:
             raise KeyError(
@@ -128,6 +134,9 @@ def measure_training_axis(
             test_loss, train_loss
         )
         loss_held_out[j] = test_loss.mean()
+        if references:  # the same noised points at every checkpoint
+            rgen = torch.Generator(device=device).manual_seed(seed + 4)
+            r2[j], r2_se[j] = reference_r2(score, references, test_x, times, rgen)
         log.info(
             "step %d: f_mem = %.3f, DSM gap = %.3g ± %.2g, energy distance = %.3g ± %.2g",
             step,
@@ -184,16 +193,36 @@ def measure_training_axis(
             "tau_gen_energy": gen_energy[0],
             "tau_gen_energy_bracket_low": gen_energy[1],
             "tau_gen_energy_bracket_high": gen_energy[2],
+            "score_r2": (("step", "reference", "time"), r2),
+            "score_r2_se": (("step", "reference", "time"), r2_se),
             "model_width": float(width),
             "model_batch_size": int(model_cfg["batch_size"]),
             "model_steps": int(model_cfg["steps"]),
         },
-        coords={"step": np.asarray(steps, dtype=np.int64), "time": times},
+        coords={
+            "step": np.asarray(steps, dtype=np.int64),
+            "time": times,
+            "reference": np.asarray(list(references), dtype=object),
+        },
     )
     describe(ds, axis_cfg, population is not None, gap_level, tolerance)
     if population is None:
         ds["score_error_population"].attrs["not_applicable"] = "the data's law is unknown"
     return ds
+
+
+def reference_r2(score_fn, references: dict, test_x, times, generator):
+    """(r², SE), each (reference, time): `metrics.r_squared` of the learned score against each
+    reference score on held-out points noised to each t, one noise draw per t shared by every
+    reference (drawn on the points' device from `generator`)."""
+    out = np.empty((2, len(references), len(times)))
+    for k, t in enumerate(times):
+        z = torch.randn(test_x.shape, generator=generator, dtype=test_x.dtype, device=test_x.device)
+        x = process.noised(test_x, float(t), z)
+        s = score_fn(x, float(t))
+        for i, ref in enumerate(references.values()):
+            out[:, i, k] = metrics.r_squared(s, ref(x, float(t)))
+    return out[0], out[1]
 
 
 def point_errors(score_fn, reference, test_x, times, generator) -> np.ndarray:
@@ -255,6 +284,11 @@ def describe(ds: xr.Dataset, axis_cfg: dict, known_law: bool, gap_level, toleran
         ),
         "tau_gen_energy": "τ_gen from energy_distance (the same rule)",
         "model_width": "hidden width of the MLP (first width of a U-Net)",
+        "score_r2": (
+            "r² = 1 − E‖s_θ − s_ref‖²/E‖s_θ − E s_θ‖² of the EMA network's score against each "
+            "reference on held-out points noised to t (the same points at every step)"
+        ),
+        "score_r2_se": "delta-method SE of score_r2 over the held-out points",
     }
     for name, desc in text.items():
         ds[name].attrs["description"] = desc

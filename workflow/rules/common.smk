@@ -176,6 +176,35 @@ def model_dir(w):
     return f"results/models/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/{w.score}"
 
 
+def is_baseline(score):
+    return score in config["baselines"]
+
+
+def get_baseline(w):
+    """A baseline's config entry (kind and settings) as a param of `sample`; {} otherwise."""
+    return canonical(config["baselines"].get(w.score, {}))
+
+
+def get_dataset_baselines(w):
+    """The baselines a dataset samples with (name → entry): the references a learned score of
+    the dataset is compared with, besides population, empirical and gaussian."""
+    scores = get_dataset(w)["scores"]
+    return canonical({k: v for k, v in config["baselines"].items() if k in scores})
+
+
+def get_theory(w):
+    """The theory store a run is measured against: its cell's, or for a smoothed baseline the
+    cell's training set blurred by N(0, σ_s² I) (its own f^e and t_C)."""
+    if is_baseline(w.score):
+        return f"results/theory/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/baselines/{w.score}.zarr"
+    return THEORY_STORE.format(**w)
+
+
+def get_blur(w):
+    """σ_s of the smoothed baseline whose theory store this is."""
+    return float(config["baselines"][w.baseline]["sigma_s"])
+
+
 def get_score_inputs(w):
     """Inputs of `sample` beyond the data (a learned score's final weights)."""
     return [f"{model_dir(w)}/final.pt"] if is_model(w.score) else []
@@ -218,7 +247,9 @@ def get_cloning(w):
     many: the SE of t_S falls like 1/√pairs), `pairs` for a learned one."""
     cfg = run_section(w, "cloning")
     pairs = (
-        cfg["exact_pairs"] if w.score in config_checks.EXACT_SCORES else cfg["pairs"]
+        cfg["exact_pairs"]
+        if config_checks.is_closed_form(config, w.score)
+        else cfg["pairs"]
     )
     out = {"times": cfg["times"], "t_lo": cfg["t_lo"], "pairs": pairs}
     out.update({k: cfg[k] for k in ("at", "stored_pairs") if cfg.get(k)})
@@ -300,7 +331,9 @@ def job_cost(stage, w):
         cost = cost_model.sample_cost(
             d,
             n,
-            w.score,
+            (
+                "empirical" if is_baseline(w.score) else w.score
+            ),  # smoothed: one softmax over n
             {**time_cfg, "steps": steps},
             sampler,
             cloning,

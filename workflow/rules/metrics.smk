@@ -29,11 +29,42 @@ rule theory:
         "../../scripts/theory.py"
 
 
+# The theory of a smoothed baseline: the cell's training set blurred by N(0, σ_s² I) (SCIENCE.md
+# §7), its own f^e and t_C by the same Monte Carlo.
+rule theory_baseline:
+    input:
+        train=TRAIN_STORE,
+        code=code("theory"),
+    output:
+        directory(f"results/theory/{CELL}/baselines/{{baseline}}.zarr"),
+    log:
+        f"results/logs/theory/{CELL}/{{baseline}}.log",
+    benchmark:
+        f"results/benchmarks/theory/{CELL}/{{baseline}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        gpu=gpu_of("theory"),
+        mem_mb=mem_mb_of("theory"),
+        runtime=runtime_of("theory"),
+        budget_mb=BUDGET_MB,
+    params:
+        time=get_time,
+        entropy_samples=get_entropy_samples,
+        entropy_collapse_fraction=config["metrics"]["entropy_collapse_fraction"],
+        entropy_zero_se=config["metrics"]["entropy_zero_se"],
+        bootstrap=config["metrics"]["bootstrap"],
+        blur=get_blur,
+    script:
+        "../../scripts/theory.py"
+
+
 rule metrics:
     input:
         trajectories=f"results/trajectories/{CELL}/{{score}}.zarr",
         train=TRAIN_STORE,
-        theory=THEORY_STORE,
+        theory=get_theory,
         training=get_training_axis,
         judge=get_judge,
         code=code("metrics"),

@@ -25,5 +25,6 @@ rule sample:
         time=get_time,
         sampler=get_sampler,
         cloning=get_cloning,
+        baseline=get_baseline,
     script:
         "../../scripts/sample.py"

@@ -50,5 +50,6 @@ rule training_axis:
         model=get_model_cfg,
         axis=section("training_axis"),
         time=get_time,
+        baselines=get_dataset_baselines,
     script:
         "../../scripts/training_axis.py"
