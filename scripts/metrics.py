@@ -29,15 +29,19 @@ if sm.input.get("judge"):  # images: the class judge labels the clone end points
         log.info("class judge: held-out accuracy %.4f", accuracy)
 with Timer(log, f"metrics, job seed {seed}"):
     cfg = {**sm.params.metrics, "memory_budget_mb": sm.resources.budget_mb}
-    ds = run_metrics.run_metrics(traj, train, theory, cfg, seed, **judged)
+    probes = store.open_store(sm.input.probes)
+    ds = run_metrics.run_metrics(traj, train, theory, cfg, seed, probes_ds=probes, **judged)
 if sm.input.get("training"):  # a learned score: add its training-time axis
     ds = run_metrics.add_training_axis(ds, store.open_store(sm.input.training[0]))
 log.info(
-    "t_S measured %.4g (theory %.4g), t_C measured %.4g (theory %.4g), f_mem %.3f",
+    "t_S measured %.4g (theory %.4g, probes %.4g), t_C measured %.4g (theory %.4g, probes %.4g), "
+    "f_mem %.3f",
     ds.t_S_measured,
     ds.t_S_theory,
+    ds.t_S_probe,
     ds.t_C_measured,
     ds.t_C_theory,
+    ds.t_C_probe,
     ds.f_mem,
 )
 store.write(ds, sm.output[0])

@@ -18,12 +18,11 @@ device = job_device(log, sm.threads, sm.resources.get("gpu"))
 train = store.open_store(sm.input.train, "training set", require=("x",))
 seed = job_seed("sample", w.dataset, w.d, w.n, w.seed, w.score)
 model = sm.input.model[0] if sm.input.get("model") else None  # a learned score's weights
-classify = None  # the class of a clone's x̂₀: sign(m·x̂₀) for the GMM, the judge's for images
-if "m" in train:
-    classify = generate.gmm_classifier(torch.as_tensor(train["m"].values, dtype=torch.float32))
-elif sm.input.get("judge"):
+judged = None  # images: the class judge labels every clone's x̂₀
+if sm.input.get("judge"):
     net, _, _ = judge.load_judge(sm.input.judge[0], device)
-    classify = None if net is None else functools.partial(judge.judge_classes, net)
+    judged = None if net is None else functools.partial(judge.judge_classes, net)
+classify = generate.classifier(train, judged)  # GMM: sign(m·x̂₀)
 score = generate.build_score(w.score, train, budget, device, model_path=model, baseline=p.baseline)
 bar = progress_bar(generate.planned_steps(p.time, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):

@@ -285,6 +285,22 @@ def test_memorised_fraction_empirical_vs_population():
 # ------------------------------------------------------ §7 the Gaussian (linear) baseline
 
 
+def _baseline_samples(score, train, samples: int, seed: int):
+    """The trajectory store of `samples` Euler–Maruyama runs of a baseline score (200 log-SNR
+    steps from T = 6), with a few clones, as the workflow samples it."""
+    time_cfg = {"T": 6.0, "t_min": 1e-3, "steps": 200, "spacing": "log_snr", "saved": 20}
+    return generate.sample_trajectories(
+        score,
+        train.sizes["feature"],
+        time_cfg,
+        {"name": "euler_maruyama", "samples": samples},
+        {"times": 3, "pairs": 8, "t_lo": 0.1},
+        seed=seed,
+        train_x=torch.as_tensor(train["x"].values, dtype=torch.float32),
+        classify=generate.classifier(train),
+    )
+
+
 def test_gaussian_baseline_reproduces_the_training_covariance_and_never_memorises():
     """Samples x̂₀ of the `gaussian` score (the Gaussian fitted to a GMM training set with
     n ≫ d) have the training covariance's top eigenvalue within 3 SE (SE ≈ λ√(2/N) for N
@@ -293,17 +309,7 @@ def test_gaussian_baseline_reproduces_the_training_covariance_and_never_memorise
     d, n, samples = 8, 2000, 600
     train = _gmm_train(d, n)
     score = generate.build_score("gaussian", train, BUDGET_MB * 2**20, CPU)
-    time_cfg = {"T": 6.0, "t_min": 1e-3, "steps": 200, "spacing": "log_snr", "saved": 20}
-    traj = generate.sample_trajectories(
-        score,
-        d,
-        time_cfg,
-        {"name": "euler_maruyama", "samples": samples},
-        {"times": 3, "pairs": 8, "t_lo": 0.1},
-        seed=1,
-        train_x=torch.as_tensor(train["x"].values, dtype=torch.float32),
-        classify=generate.gmm_classifier(torch.as_tensor(train["m"].values, dtype=torch.float32)),
-    )
+    traj = _baseline_samples(score, train, samples, seed=1)
     lam_train = theory.top_eigenvalue(train["x"].values)
     lam_samples = theory.top_eigenvalue(traj["x_hat"].values.astype(np.float64))
     se = lam_train * math.sqrt(2 / samples)
@@ -377,16 +383,7 @@ def test_smoothed_samples_have_the_blurred_training_covariance():
     score = generate.build_score(
         "smoothed", train, BUDGET_MB * 2**20, CPU, baseline={"kind": "smoothed", "sigma_s": blur}
     )
-    time_cfg = {"T": 6.0, "t_min": 1e-3, "steps": 200, "spacing": "log_snr", "saved": 20}
-    traj = generate.sample_trajectories(
-        score,
-        d,
-        time_cfg,
-        {"name": "euler_maruyama", "samples": samples},
-        {"times": 3, "pairs": 8, "t_lo": 0.1},
-        seed=2,
-        train_x=torch.as_tensor(train["x"].values, dtype=torch.float32),
-    )
+    traj = _baseline_samples(score, train, samples, seed=2)
     x = traj["x_hat"].values.astype(np.float64)
     a = train["x"].values.astype(np.float64)
     cov = np.cov(a.T, bias=True) + blur**2 * np.eye(d)

@@ -45,6 +45,7 @@ def test_default_config_dry_run(tmp_path):
     jobs = planned_jobs(tmp_path, None)
     fashion = Path(image_files.FASHION_MNIST_PATH).is_dir()
     assert jobs["sample"] == 45 + 2 + 2 * fashion and jobs["metrics"] == jobs["sample"]
+    assert jobs["probe"] == jobs["sample"]  # forward–backward probes of every run
     assert jobs["train"] == 9 and jobs["training_axis"] == 9
     assert jobs["data"] == 9 + 2 + 2 * fashion and jobs["theory"] == jobs["data"]
     assert jobs["theory_baseline"] == 9
@@ -135,6 +136,9 @@ def test_tiny_run_learned_score(tiny_run):
     assert np.isfinite(m["score_error_population"]).all()  # the GMM law is known
     assert m["tau_mem"].dims == ()
     assert int(m["step"][-1]) == 200
+    # forward–backward probes, with t_S and t_C from them
+    assert m["probe_class_retention"].dims == ("origin", "probe_time")
+    assert m["probe_time"].size == 4 and np.isfinite(m["t_C_probe"])
     # r² against the closed-form references (the gmm dataset lists no baseline)
     assert m["score_r2"].dims == ("step", "reference", "time")
     assert list(m["reference"].values) == ["population", "empirical", "gaussian"]
@@ -162,7 +166,8 @@ def test_tiny_run_reports(tiny_run):
         text = html.read_text()
         assert f'href="{html.relative_to(results).as_posix()}"' in index
         assert html.with_suffix(".png").stat().st_size > 1000  # the index thumbnail
-        figures = 5 if html.stem == "mlp" else 4  # + the training figure for a learned score
+        # + the probes; + the training and r² figures for a learned score
+        figures = 7 if html.stem == "mlp" else 5
         assert text.count("data:image/png;base64") >= figures, html
         assert "Traceback" not in text
 
@@ -195,14 +200,9 @@ def test_tiny_rerun_of_a_baseline_change_reruns_that_baseline_only(tiny_run, tmp
     changed.write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(tiny_run, changed)
     downstream = {"summary", "report_summary", "reproduction", "report_reproduction", "index"}
-    assert set(jobs) - {"all"} == {
-        "sample",
-        "theory_baseline",
-        "metrics",
-        "report_run",
-        *downstream,
-    }
-    assert jobs["sample"] == jobs["theory_baseline"] == jobs["metrics"] == 1
+    rerun = {"sample", "probe", "theory_baseline", "metrics", "report_run", *downstream}
+    assert set(jobs) - {"all"} == rerun
+    assert jobs["sample"] == jobs["probe"] == jobs["theory_baseline"] == jobs["metrics"] == 1
 
 
 @pytest.mark.slow
@@ -242,7 +242,7 @@ def test_rule_code_inputs_follow_the_script_imports():
             script = re.search(r'script:\s*"\.\./\.\./scripts/(\w+)\.py"', body)
             if script:
                 rules[rule] = (re.findall(r"code=code\(([^)]*)\)", body), script.group(1))
-    assert len(rules) == 14, sorted(rules)
+    assert len(rules) == 15, sorted(rules)
     for rule, (calls, script) in rules.items():
         # one derived list: the rule's own script (and the notebook a report renders)
         assert calls and calls[0].split(",")[0] == f'"{script}"', (rule, calls)

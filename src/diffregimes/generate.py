@@ -273,6 +273,14 @@ def clone_observables(x_hat: torch.Tensor, train_x: torch.Tensor, classify, budg
     return idx, cls
 
 
+def classifier(train: xr.Dataset, judged=None):
+    """The class of points x for φ and the probes: sign(m·x) for the GMM (exact), `judged`
+    (the class judge's labels of images) otherwise; None without classes."""
+    if "m" in train:
+        return gmm_classifier(torch.as_tensor(train["m"].values, dtype=torch.float32))
+    return judged
+
+
 def gmm_classifier(m: torch.Tensor):
     """The GMM's class of points x: sign(m·x) > 0 (SCIENCE.md §3), on x's device."""
     return lambda x: (x @ m.to(x) > 0).long()

@@ -218,6 +218,39 @@ def run_training(m: xr.Dataset, log: xr.Dataset):
     return fig
 
 
+def run_probes(m: xr.Dataset):
+    """Forward–backward retention (SCIENCE.md §8) against the probe time, Wilson bands: class
+    retention (left; chance Σp²) with t_S from the probes and from cloning, identity retention
+    (right; chance 1/n) with t_C from the probes and from the trajectories."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.5))
+    t = m.probe_time.values
+    panels = (
+        ("class", "t_S_probe", "t_S_measured", "t_S", "cloning"),
+        ("identity", "t_C_probe", "t_C_measured", "t_C", "trajectories"),
+    )
+    for ax, (kind, probe, other, label, how) in zip(axes, panels, strict=True):
+        if not np.isfinite(m[f"probe_{kind}_retention"].values).any():  # data without classes
+            ax.text(0.5, 0.5, f"no {kind}es to retain", ha="center", va="center")
+            ax.set(xlabel="probe time t", ylabel=f"{kind} retention")
+            continue
+        for i, origin in enumerate(m.origin.values):
+            sel = dict(origin=origin)
+            value = m[f"probe_{kind}_retention"].sel(sel).values
+            low = m[f"probe_{kind}_retention_ci_low"].sel(sel).values
+            high = m[f"probe_{kind}_retention_ci_high"].sel(sel).values
+            ax.fill_between(t, low, high, color=f"C{i}", alpha=0.2, lw=0)
+            ax.plot(t, value, "o-", color=f"C{i}", ms=3, label=f"from {origin} points")
+        ax.axhline(float(m[f"probe_{kind}_chance"]), color="grey", ls="--", lw=1, label="chance")
+        vline(ax, float(m[probe]), f"{label} probes", color="k", ls=":")
+        vline(ax, float(m[other]), f"{label} {how}", color="C3", ls="-.")
+        ax.set(xscale="log", xlabel="probe time t", ylabel=f"{kind} retention", ylim=(-0.02, 1.02))
+        legend(ax, fontsize=7)
+    axes[0].set_title("Class kept by noise-and-denoise")
+    axes[1].set_title("Training point kept")
+    fig.tight_layout()
+    return fig
+
+
 R2_FLOOR = -0.5  # r² far below 0 (a reference the network does not follow at all) is clipped
 
 

@@ -31,8 +31,10 @@ COLUMNS = [
     ("t_S_theory", "t_S ½ log Λ", None),
     ("t_S_gmm", "t_S exact GMM", None),
     ("t_S_measured", "t_S measured", "t_S_measured_se"),
+    ("t_S_probe", "t_S probes", "t_S_probe_se"),
     ("t_C_theory", "t_C theory", None),
     ("t_C_measured", "t_C measured", "t_C_measured_se"),
+    ("t_C_probe", "t_C probes", "t_C_probe_se"),
     ("t_C_entropy", "t_C from f^e", "t_C_entropy_se"),
     ("f_mem", "f_mem [95% CI]", ("f_mem_ci_low", "f_mem_ci_high")),
     ("tau_mem", "τ_mem [95% CI]", ("tau_mem_ci_low", "tau_mem_ci_high")),
@@ -109,7 +111,8 @@ def index_html(summary: xr.Dataset, reports: dict[str, str], out: str | os.PathL
     out = Path(out)
     table = run_table(summary)
     optional = [key for key, _, err in COLUMNS[-3:] for key in (key, *err)]
-    for key in (*optional, "t_S_gmm", "t_C_entropy_se"):
+    probed = ("t_S_probe", "t_S_probe_se", "t_C_probe", "t_C_probe_se")
+    for key in (*optional, *probed, "t_S_gmm", "t_C_entropy_se"):
         if key not in table:
             table[key] = np.nan
     links = "\n".join(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import metrics, process, theory
+from . import metrics, probes, process, theory
 from .data import law
 from .judge_correction import correctable, corrected_phi, speciation_threshold
 from .neighbours import half_sq_norms, nearest
@@ -121,6 +121,7 @@ def run_metrics(
     judge_accuracy: float = float("nan"),
     judge_reason: str | None = None,
     judge_confusion=None,
+    probes_ds: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Every per-run metric of DESIGN.md from a trajectory store and its training set.
 
@@ -128,7 +129,9 @@ def run_metrics(
     φ_C and the classes of clone end points are taken on them (SCIENCE.md §5). For images,
     `judge` (judge.Judge) labels the clone end points; φ is then corrected for its errors with
     its held-out confusion matrix `judge_confusion` before t_S is read off (SCIENCE.md §3).
-    Without classes, φ is NaN with `judge_reason`."""
+    Without classes, φ is NaN with `judge_reason`. With `probes_ds` (the probe store), the
+    forward–backward retentions and t_S_probe, t_C_probe (probes.probe_metrics: the judge
+    correction and the t_S estimator of cloning) are added."""
     rng = np.random.default_rng(seed)
     budget = int(cfg["memory_budget_mb"] * 2**20)
     level = cfg.get("confidence_level", 0.95)
@@ -164,14 +167,12 @@ def run_metrics(
     nan_ct = np.full(ct, np.nan)
     phi = phi_se = phi_raw = phi_raw_se = phi_theory = nan_ct
     t_s = t_s_se = t_s_interp = no_cross = float("nan")
-    threshold = float("nan")
-    correction_reason = None
+    threshold, correction_reason, correct = float("nan"), None, None
     if labels is not None:
         labels = np.asarray(labels).reshape(ct, pairs, 2)
         phi_raw, phi_raw_se = metrics.same_class_fraction(labels[..., 0], labels[..., 1])
         same = labels[..., 0] == labels[..., 1]
-        threshold = speciation_threshold(phi_limit)
-        correct = None  # GMM classes are exact
+        threshold = speciation_threshold(phi_limit)  # GMM classes are exact: correct is None
         if judge is not None:
             correction_reason = correctable(judge_confusion, cfg.get("judge_min_accuracy", 0.6))
             if correction_reason is None:
@@ -258,6 +259,11 @@ def run_metrics(
             if "m" in train
             else _no_classes_reason(train, judge_reason)
         )
+    if probes_ds is not None:  # classes the judge cannot be corrected for are not used
+        usable = probes_ds if correction_reason is None else probes_ds.drop_vars("same_class")
+        fit = _speciation_estimator(train, probes_ds.sizes["point"], cfg)
+        args = (a.shape[0], phi_limit, threshold, cfg["bootstrap"], rng, level, correct, fit)
+        ds = ds.merge(probes.probe_metrics(usable, *args))
     _describe(ds)
     ds.attrs.update(traj.attrs)
     ds.attrs["law"] = train.attrs.get("law", "{}")  # the training set's law, for the summary

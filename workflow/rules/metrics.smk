@@ -65,6 +65,7 @@ rule metrics:
         trajectories=f"results/trajectories/{CELL}/{{score}}.zarr",
         train=TRAIN_STORE,
         theory=get_theory,
+        probes=f"results/probes/{CELL}/{{score}}.zarr",
         training=get_training_axis,
         judge=get_judge,
         code=code("metrics"),

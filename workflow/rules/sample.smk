@@ -28,3 +28,34 @@ rule sample:
         baseline=get_baseline,
     script:
         "../../scripts/sample.py"
+
+
+# Forward–backward probes of one run: data points noised to each probe time and run back.
+rule probe:
+    input:
+        train=TRAIN_STORE,
+        test=f"results/data/{CELL}/test.zarr",
+        model=get_score_inputs,
+        judge=get_judge,
+        code=code("probe"),
+    output:
+        directory(f"results/probes/{CELL}/{{score}}.zarr"),
+    log:
+        f"results/logs/probe/{CELL}/{{score}}.log",
+    benchmark:
+        f"results/benchmarks/probe/{CELL}/{{score}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+        budget_mb=BUDGET_MB,
+    params:
+        time=get_time,
+        sampler=get_sampler,
+        probes=section("probes"),
+        baseline=get_baseline,
+    script:
+        "../../scripts/probe.py"
