@@ -6,6 +6,9 @@ Measures, in one run on this machine, and prints tables and one JSON line:
 - empirical_score_vs_matmul: FLOP rate of one EmpiricalScore call (4·B·n·d flops: x·aᵀ and
   weights·a) over torch.matmul's rate on the same two products (dense Gaussian operands), worst
   case over d ∈ {256, 1024, 3072} × n ∈ {4096, 32768} (goal ≥ 0.9);
+- local_score_over_empirical: time of one LocalScore call (3×3 patches) over one EmpiricalScore
+  call on the same images (side 8, 14, 28), worst case, with the local score's GFLOP/s (its
+  cost per cell: P² more products than the empirical score's);
 - neighbours_vs_faiss: time of exact top-2 `neighbours.nearest` over faiss-cpu's exact
   IndexFlatL2 search on the same float32 data, same threads, worst case (goal ≤ 1.0), with the
   indices checked identical; beside it the GFLOP/s of faiss, of torch.matmul and of torch's
@@ -44,11 +47,12 @@ import yaml
 
 from diffregimes import neighbours
 from diffregimes.process import delta
-from diffregimes.scores import EmpiricalScore
+from diffregimes.scores import EmpiricalScore, LocalScore
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(d, n) for d in (256, 1024, 3072) for n in (4096, 32768)]
-PARTS = ("sampling", "score", "faiss", "metrics", "dry_run")
+PARTS = ("sampling", "score", "local", "faiss", "metrics", "dry_run")
+LOCAL_SHAPES = [(8, 256), (14, 2048), (28, 2048)]  # (side, n): digits, Fashion-MNIST 14², 28²
 # A reference below this fraction of the best product rate measured beside it is flagged.
 SLOW_REFERENCE = 0.5
 
@@ -173,6 +177,43 @@ def bench_score(batch, repeats, t):
             row["matmul_slow"] = warn_if_slow(
                 "torch.matmul", row["matmul_gflops"], "torch's oneDNN product", row["onednn_gflops"]
             )
+    return rows
+
+
+def bench_local(batch, repeats, t, patch, shapes=LOCAL_SHAPES):
+    """One LocalScore call (grayscale side × side, P × P patches) against one EmpiricalScore
+    call on the same data: the cost ratio (P² more products in theory) and the local score's
+    own FLOP rate (4·B·n·side²·P² flops) and exp rate (B·n·side² softmax terms: with P² = 9
+    inner products per term, the exponentials, not the products, set its cost)."""
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for side, n in shapes:
+        train = torch.rand(n, side * side, generator=gen)
+        x = noised_points(train, batch, t, gen)
+        local, empirical = LocalScore(train, (1, side, side), patch), EmpiricalScore(train)
+        fns = [lambda s=empirical, x=x: s(x, t), lambda s=local, x=x: s(x, t)]
+        times = best_times(fns, repeats)
+        flops = 4 * batch * n * side * side * patch * patch
+        row = dict(
+            side=side,
+            n=n,
+            batch=batch,
+            patch=patch,
+            local_s=times[1],
+            empirical_s=times[0],
+            local_over_empirical=times[1] / times[0],
+            local_gflops=flops / times[1] / 1e9,
+            # one exp per (query, image, pixel): n·side² of them per query, the bound here
+            local_gexp_per_s=batch * n * side * side / times[1] / 1e9,
+        )
+        rows.append(row)
+        ratio, rate = row["local_over_empirical"], row["local_gflops"]
+        print(
+            f"  side={side:3d} n={n:5d}  local {times[1] * 1e3:8.1f} ms ({rate:6.1f} GFLOP/s, "
+            f"{row['local_gexp_per_s']:.2f} Gexp/s)  "
+            f"empirical {times[0] * 1e3:7.1f} ms  ratio {ratio:.1f} (P² = {patch * patch})",
+            flush=True,
+        )
     return rows
 
 
@@ -432,6 +473,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--local-batch", type=int, default=128)
+    parser.add_argument("--local-patch", type=int, default=3)
     parser.add_argument("--faiss-queries", type=int, default=512)
     parser.add_argument("--faiss-repeats", type=int, default=2)
     parser.add_argument("--sample-d", type=int, default=128)
@@ -502,6 +545,15 @@ def main():
         rows = bench_score(args.batch, args.repeats, 0.5)
         result["empirical_score_vs_matmul"] = min(r["ratio"] for r in rows)
         result["empirical_score_shapes"] = rows
+
+    if "local" not in skip:
+        print(
+            f"\nLocalScore (Kamb & Ganguli, {args.local_patch}×{args.local_patch} patches) vs "
+            f"EmpiricalScore, one call, B={args.local_batch}, t=0.5, best of {args.repeats}"
+        )
+        rows = bench_local(args.local_batch, args.repeats, 0.5, args.local_patch)
+        result["local_score_over_empirical"] = max(r["local_over_empirical"] for r in rows)
+        result["local_score_shapes"] = rows
 
     if "faiss" not in skip:
         print(

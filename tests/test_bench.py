@@ -41,6 +41,15 @@ def test_kernel_bench_prints_the_score_ratio_per_shape():
 
 
 @pytest.mark.slow
+def test_kernel_bench_times_the_local_score_against_the_empirical_one():
+    result = run_json("kernels.py", "--only", "local", "--local-batch", "4", "--repeats", "1")
+    assert is_number(result["local_score_over_empirical"])
+    rows = result["local_score_shapes"]
+    assert [(r["side"], r["n"]) for r in rows] == [(8, 256), (14, 2048), (28, 2048)]
+    assert all(is_number(r["local_gflops"]) and r["local_gflops"] > 0 for r in rows)
+
+
+@pytest.mark.slow
 def test_sampling_bench_fits_an_exponent_and_a_memory_ratio():
     result = run_json(
         "kernels.py",

@@ -75,6 +75,24 @@ BAD = {
         lambda c: _drop(c["baselines"]["smooth"], "sigma_s"),
         "'sigma_s' is a required property",
     ),
+    "local baseline on vectors": (
+        lambda c: (
+            c["baselines"].update(patchy={"kind": "local", "patch": 3}),
+            _gmm(c).update(scores=["patchy"]),
+        ),
+        "is a local patch score, which needs images",
+    ),
+    "even patch": (
+        lambda c: (
+            c["baselines"].update(patchy={"kind": "local", "patch": 4}),
+            _digits(c, scores=["patchy"]),
+        ),
+        "baselines.patchy.patch",
+    ),
+    "smoothed baseline with a patch": (
+        lambda c: c["baselines"]["smooth"].update(patch=3),
+        "baselines",
+    ),
     "unet on vectors": (
         lambda c: c["models"]["mlp"].update(arch="unet"),
         "model 'mlp' is a unet",

@@ -74,6 +74,19 @@ def test_digits_metrics_with_the_class_judge(image_run, score):
         assert float(m.f_mem) == 1.0 and 0.85 < float(m.f_mem_ci_low) < 1.0
 
 
+def test_local_patch_baseline_makes_new_images_and_is_a_reference_of_the_unet(image_run):
+    """Kamb & Ganguli's 3×3 local score composes images from training patches: its samples
+    are no copies (f_mem's interval entirely below the empirical score's), and the U-Net of
+    the cell is compared with it (r² along training)."""
+    workdir, _ = image_run
+    local = open_store(workdir, "metrics/digits/d64/n128/s0/local3.zarr")
+    empirical = open_store(workdir, "metrics/digits/d64/n128/s0/empirical.zarr")
+    assert float(local.f_mem_ci_high) < float(empirical.f_mem_ci_low)
+    assert float(local.t_C_theory) == float(empirical.t_C_theory)  # the cell's own theory
+    unet = open_store(workdir, "metrics/digits/d64/n128/s0/unet.zarr")
+    assert list(unet.reference.values) == ["empirical", "gaussian", "local3"]
+
+
 def test_image_reports_show_samples_beside_training_images(image_run):
     workdir, _ = image_run
     results = workdir / "results"

@@ -281,3 +281,41 @@ def test_smoothed_with_zero_blur_is_the_empirical_score(dtype):
             rtol=0,
             atol=0,
         )
+
+
+# ------------------------------------------- the local patch score (Kamb & Ganguli, §7)
+
+
+@pytest.mark.parametrize("budget", [2**12, 2**26])  # blocks of queries and of images, or one
+@pytest.mark.parametrize("t", [1e-3, 0.1, 1.0])
+def test_local_score_with_a_patch_covering_the_image_is_the_empirical_score(t, budget):
+    """P = 2·side − 1: from every pixel the (zero-padded) patch holds the whole image, so every
+    pixel has the empirical weights."""
+    from diffregimes.scores import LocalScore
+
+    g = torch.Generator().manual_seed(0)
+    n, c, side = 30, 2, 5
+    a = torch.rand(n, c * side * side, generator=g, dtype=F64)
+    x = torch.randn(7, c * side * side, generator=g, dtype=F64)
+    local = LocalScore(a, (c, side, side), 2 * side - 1, budget)
+    torch.testing.assert_close(local(x, t), EmpiricalScore(a)(x, t), rtol=1e-10, atol=1e-12)
+
+
+def test_local_score_with_one_pixel_patches_has_pixelwise_independent_posteriors():
+    """1×1 patches, one channel: each pixel's x̂₀ is the posterior mean of that pixel alone,
+    w_μ(i) ∝ exp(−(x_i − a^μ_i e^{−t})²/(2Δ_t)), by brute force on a tiny set."""
+    from diffregimes.scores import LocalScore
+
+    g = torch.Generator().manual_seed(1)
+    n, side, t = 30, 5, 0.2
+    a = torch.rand(n, side * side, generator=g, dtype=F64)
+    x = torch.randn(7, side * side, generator=g, dtype=F64)
+    w = torch.softmax(-((x[:, None, :] - math.exp(-t) * a[None]) ** 2) / (2 * delta(t)), dim=1)
+    expected = (w * a[None]).sum(1)
+    local = LocalScore(a, (1, side, side), 1, 2**12)
+    torch.testing.assert_close(local.denoised(x, t), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        local(x, t), (math.exp(-t) * expected - x) / delta(t), rtol=1e-12, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="odd"):
+        LocalScore(a, (1, side, side), 2)

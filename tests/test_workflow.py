@@ -39,12 +39,13 @@ RUN_VARIABLES = {
 
 def test_default_config_dry_run(tmp_path):
     """The shipped config validates and plans the full grid: GMM 3 d × 3 n × 5 scores (with the
-    gaussian and smoothed baselines, the latter with its own theory per cell), digits 2 n × 1
-    score, Fashion-MNIST 2 n × 1 score where Debian's files are installed."""
+    gaussian and smoothed baselines, the latter with its own theory per cell), digits 2 n × 2
+    scores (empirical and the local patch score), Fashion-MNIST 2 n × 1 score where Debian's
+    files are installed."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     jobs = planned_jobs(tmp_path, None)
     fashion = Path(image_files.FASHION_MNIST_PATH).is_dir()
-    assert jobs["sample"] == 45 + 2 + 2 * fashion and jobs["metrics"] == jobs["sample"]
+    assert jobs["sample"] == 45 + 4 + 2 * fashion and jobs["metrics"] == jobs["sample"]
     assert jobs["probe"] == jobs["sample"]  # forward–backward probes of every run
     assert jobs["train"] == 9 and jobs["training_axis"] == 9
     assert jobs["data"] == 9 + 2 + 2 * fashion and jobs["theory"] == jobs["data"]

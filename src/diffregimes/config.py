@@ -24,7 +24,7 @@ import yaml
 # Gaussian fit to the training set (the optimal linear denoiser, SCIENCE.md §7).
 EXACT_SCORES = ("population", "empirical", "gaussian")
 # Closed-form scores with settings, named entries under `baselines` (SCIENCE.md §7).
-BASELINE_KINDS = ("smoothed",)
+BASELINE_KINDS = ("smoothed", "local")
 SYNTHETIC_KINDS = ("gmm", "gaussian")
 IMAGE_KINDS = ("digits", "fashion_mnist", "idx", "npz", "cifar10", "image_folder")
 # Keys that belong to one family of kinds only (a gmm with `sizes:` is a mistake, not a no-op).
@@ -299,6 +299,17 @@ def check(cfg: dict) -> None:
                     f"{key}.scores",
                     f"'population' needs a known law; {ds['kind']} images have none. Use "
                     "empirical or a model.",
+                )
+            spec = baselines.get(score, {})
+            if spec.get("kind") == "local" and not images:
+                raise ConfigError(
+                    f"{key}.scores",
+                    f"baseline '{score}' is a local patch score, which needs images; "
+                    f"{ds['kind']} points are vectors. Use smoothed or gaussian.",
+                )
+            if spec.get("kind") == "local" and spec["patch"] % 2 == 0:
+                raise ConfigError(
+                    f"baselines.{score}.patch", f"{spec['patch']} must be odd (a centred patch)"
                 )
             if not images and score in models and models[score]["arch"] == "unet":
                 raise ConfigError(

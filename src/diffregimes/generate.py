@@ -14,7 +14,7 @@ import torch
 import xarray as xr
 
 from . import process, samplers
-from .scores import EmpiricalScore, GaussianScore, GMMScore
+from .scores import EmpiricalScore, GaussianScore, GMMScore, LocalScore
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,20 @@ def build_score(
     baseline: dict | None = None,
 ):
     """The score named `score` for the training store `train`: population, empirical,
-    gaussian, the baseline `baseline` (its config entry: smoothed with sigma_s) or a learned
+    gaussian, the baseline `baseline` (its config entry: smoothed with sigma_s, local with
+    patch, for images) or a learned
     model whose final weights are at `model_path`."""
     if model_path is not None:
         from .nets import LearnedScore, load_trained
 
         return LearnedScore(load_trained(model_path, device))
     if baseline:
-        if baseline["kind"] != "smoothed":
-            raise ValueError(f"baseline {score!r}: unknown kind {baseline['kind']!r}")
         x = torch.as_tensor(train["x"].values, dtype=dtype, device=device)
-        return EmpiricalScore(x, budget_bytes, blur=baseline["sigma_s"])
+        if baseline["kind"] == "smoothed":
+            return EmpiricalScore(x, budget_bytes, blur=baseline["sigma_s"])
+        if baseline["kind"] == "local":
+            return LocalScore(x, train.attrs["image_shape"], baseline["patch"], budget_bytes)
+        raise ValueError(f"baseline {score!r}: unknown kind {baseline['kind']!r}")
     if score == "empirical":
         x = torch.as_tensor(train["x"].values, dtype=dtype, device=device)
         return EmpiricalScore(x, budget_bytes)

@@ -98,13 +98,16 @@ def sample_cost(
     `clone_steps` = Σ over the `clone_times` of the steps left, for one (stochastic sampler) or
     two new copies per pair; the nearest training point of every clone's x̂₀. Memory: the main
     batch and one clone batch with their temporaries, the kept states, the stored clone end
-    points and their x̂₀, the training set and the kernels' budget."""
+    points and their x̂₀, the training set and the kernels' budget. `score` is the score's
+    name or a baseline's kind (smoothed, local), `arch` the model's or the baseline's entry."""
     samples, pairs = sampler_cfg["samples"], cloning["pairs"]
     steps = time_cfg["steps"]
     copies = 1 if sampler_cfg["name"] in ("euler_maruyama", "ddpm", "ddpm_posterior") else 2
     evals = max(samples, pairs) * steps + copies * pairs * clone_steps
-    if score == "empirical":
+    if score in ("empirical", "smoothed"):
         per_eval = 4.0 * n * d
+    elif score == "local":  # a (C·P²)-long patch per pixel against every training image
+        per_eval = 4.0 * n * d * (arch or {}).get("patch", 1) ** 2
     elif score == "population":
         per_eval = 0.0
     elif score == "gaussian":

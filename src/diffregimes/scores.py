@@ -129,3 +129,76 @@ class EmpiricalScore:
         var, n, d = self.variance(t), self.train.shape[0], x.shape[1]
         lse = log_partition(x, self.train.to(x.dtype), var, self.budget_bytes, math.exp(-t))
         return lse - math.log(n) - 0.5 * d * (LOG_2PI + math.log(var))
+
+
+class LocalScore:
+    """The local (LS) patch score of Kamb & Ganguli (ICML 2025), SCIENCE.md §7, for images.
+
+    Each pixel's clean value is the posterior mean, over the training images, of that pixel
+    given only the P×P patch around it (zero padding at the border; all channels), the
+    patches compared at the same position (position-locked, no equivariance):
+    x̂₀(l) = Σ_μ w_μ(l) a^μ(l), w(l) = softmax_μ(−‖x_P(l) − a^μ_P(l) e^{−t}‖²/(2Δ_t)), and
+    s(x, t) = (e^{−t} x̂₀ − x)/Δ_t (Tweedie). A patch covering the whole image from every pixel
+    (P ≥ 2·side − 1) is the empirical score. Memory: (positions × queries × training images)
+    logits in blocks of queries and of training images within `budget_bytes` (online softmax)."""
+
+    def __init__(self, train: torch.Tensor, shape, patch: int, budget_bytes=DEFAULT_BUDGET_BYTES):
+        if patch < 1 or patch % 2 == 0:
+            raise ValueError(f"the local score's patch must be odd and ≥ 1, got {patch}")
+        self.shape, self.patch, self.budget_bytes = (
+            tuple(int(s) for s in shape),
+            patch,
+            budget_bytes,
+        )
+        c, side, _ = self.shape
+        n = train.shape[0]
+        images = train.reshape(n, c, side, side)
+        # (positions L, n, C·P²): the patch of every training image at every position
+        self.patches = self._unfold(images).permute(2, 0, 1).contiguous()
+        self.centre = images.reshape(n, c, side * side).permute(2, 0, 1).contiguous()  # (L, n, C)
+        self.half_sq = 0.5 * (self.patches * self.patches).sum(-1)  # (L, n)
+
+    def _unfold(self, images):
+        return torch.nn.functional.unfold(images, self.patch, padding=self.patch // 2)
+
+    def denoised(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """x̂₀ = E[x₀ pixel | its patch of x_t], flattened like x."""
+        c, side, _ = self.shape
+        dt, scale = delta(float(t)), math.exp(-t)
+        patches = self.patches.to(x.dtype)
+        centre, half_sq = self.centre.to(x.dtype), self.half_sq.to(x.dtype)
+        positions, n, k = patches.shape
+        # a block of logits is positions × rows × cols floats (and two temporaries like it)
+        cap = max(1, self.budget_bytes // (3 * x.element_size() * positions))
+        cols = min(n, cap)
+        rows = max(1, cap // cols)
+        out = torch.empty(positions, x.shape[0], c, dtype=x.dtype, device=x.device)
+        for i in range(0, x.shape[0], rows):
+            xp = self._unfold(x[i : i + rows].reshape(-1, c, side, side)).permute(2, 0, 1)
+            m = total = acc = None
+            for j in range(0, n, cols):
+                # −‖x − s a‖²/(2Δ) up to the per-row −‖x‖²/(2Δ), which cancels in the softmax
+                logits = torch.baddbmm(
+                    half_sq[:, None, j : j + cols] * (-(scale**2) / dt),
+                    xp,
+                    patches[:, j : j + cols].transpose(1, 2),
+                    alpha=scale / dt,
+                )
+                m_new = (
+                    logits.amax(-1, keepdim=True)
+                    if m is None
+                    else torch.maximum(m, logits.amax(-1, keepdim=True))
+                )
+                p = logits.sub_(m_new).exp_()  # in place: the block is the cost
+                part_sum, part_acc = p.sum(-1, keepdim=True), p @ centre[:, j : j + cols]
+                if m is None:
+                    total, acc = part_sum, part_acc
+                else:
+                    r = torch.exp(m - m_new)
+                    total, acc = total * r + part_sum, acc * r + part_acc
+                m = m_new
+            out[:, i : i + rows] = acc / total
+        return out.permute(1, 2, 0).reshape(x.shape[0], -1)  # (B, C, L) → flattened C, side, side
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        return (math.exp(-t) * self.denoised(x, t) - x) / delta(float(t))

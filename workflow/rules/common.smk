@@ -180,6 +180,11 @@ def is_baseline(score):
     return score in config["baselines"]
 
 
+def baseline_kind(score):
+    """The kind of a baseline (smoothed, local); None for any other score."""
+    return config["baselines"].get(score, {}).get("kind")
+
+
 def get_baseline(w):
     """A baseline's config entry (kind and settings) as a param of `sample`; {} otherwise."""
     return canonical(config["baselines"].get(w.score, {}))
@@ -195,7 +200,7 @@ def get_dataset_baselines(w):
 def get_theory(w):
     """The theory store a run is measured against: its cell's, or for a smoothed baseline the
     cell's training set blurred by N(0, σ_s² I) (its own f^e and t_C)."""
-    if is_baseline(w.score):
+    if baseline_kind(w.score) == "smoothed":
         return f"results/theory/{w.dataset}/d{w.d}/n{w.n}/s{w.seed}/baselines/{w.score}.zarr"
     return THEORY_STORE.format(**w)
 
@@ -331,9 +336,7 @@ def job_cost(stage, w):
         cost = cost_model.sample_cost(
             d,
             n,
-            (
-                "empirical" if is_baseline(w.score) else w.score
-            ),  # smoothed: one softmax over n
+            baseline_kind(w.score) or w.score,
             {**time_cfg, "steps": steps},
             sampler,
             cloning,
@@ -342,7 +345,7 @@ def job_cost(stage, w):
             (
                 config_checks.model_settings(config["models"][w.score], n)
                 if is_model(w.score)
-                else None
+                else config["baselines"].get(w.score)
             ),
             side,
             clone_times,
