@@ -93,6 +93,10 @@ BAD = {
         lambda c: c["baselines"]["smooth"].update(patch=3),
         "baselines",
     ),
+    "smoothed baseline made equivariant": (
+        lambda c: c["baselines"]["smooth"].update(equivariant=True),
+        "baselines",
+    ),
     "unet on vectors": (
         lambda c: c["models"]["mlp"].update(arch="unet"),
         "model 'mlp' is a unet",

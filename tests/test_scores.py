@@ -319,3 +319,58 @@ def test_local_score_with_one_pixel_patches_has_pixelwise_independent_posteriors
     )
     with pytest.raises(ValueError, match="odd"):
         LocalScore(a, (1, side, side), 2)
+
+
+def test_equivariant_local_score_compares_a_patch_with_the_training_patches_at_every_position():
+    """ELS: x̂₀ of a pixel is the posterior mean of the centre of the training patches at any
+    position given its own patch: brute force over all n·side² patches, 2 channels, 3×3, and
+    1×1 (every training pixel value a candidate for every pixel)."""
+    from diffregimes.scores import LocalScore
+
+    g = torch.Generator().manual_seed(2)
+    n, c, side, t = 20, 2, 4, 0.2
+    a = torch.rand(n, c * side * side, generator=g, dtype=F64)
+    x = torch.randn(5, c * side * side, generator=g, dtype=F64)
+
+    def unfold(z):  # (N, L, C·9), channel-major as nn.functional.unfold orders it
+        return torch.nn.functional.unfold(z.reshape(-1, c, side, side), 3, padding=1).transpose(
+            1, 2
+        )
+
+    patches = unfold(a).reshape(-1, c * 9)
+    logits = -((unfold(x)[:, :, None] - math.exp(-t) * patches[None, None]) ** 2).sum(-1)
+    w = torch.softmax(logits / (2 * delta(t)), dim=2)
+    expected = (w[..., None] * patches[None, None][..., [4, 13]]).sum(2)  # (B, L, C)
+    els = LocalScore(a, (c, side, side), 3, 2**12, equivariant=True)
+    got = els.denoised(x, t).reshape(5, c, side * side).transpose(1, 2)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    gray = a[:, : side * side]
+    values = gray.reshape(-1)
+    w1 = torch.softmax(-((x[:, :16, None] - math.exp(-t) * values) ** 2) / (2 * delta(t)), dim=2)
+    one = LocalScore(gray, (1, side, side), 1, 2**12, equivariant=True)
+    torch.testing.assert_close(one.denoised(x[:, :16], t), (w1 * values).sum(2), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("budget", [2**10, 2**26])  # training patches unfolded in blocks, or not
+def test_local_score_is_the_per_pixel_posterior_given_its_patch_at_its_own_position(budget):
+    """LS, 2 channels, 3×3 zero-padded patches: brute force over the training patches at the
+    pixel's own position, channel-major layout (C, side, side) as the data are flattened."""
+    from diffregimes.scores import LocalScore
+
+    g = torch.Generator().manual_seed(3)
+    n, c, side, t = 20, 2, 4, 0.3
+    a = torch.rand(n, c * side * side, generator=g, dtype=F64)
+    x = torch.randn(5, c * side * side, generator=g, dtype=F64)
+
+    def unfold(z):  # (N, L, C·9)
+        return torch.nn.functional.unfold(z.reshape(-1, c, side, side), 3, padding=1).transpose(
+            1, 2
+        )
+
+    pa, px = unfold(a), unfold(x)  # (n, L, K), (B, L, K)
+    logits = -((px[:, None] - math.exp(-t) * pa[None]) ** 2).sum(-1) / (2 * delta(t))  # (B, n, L)
+    w = torch.softmax(logits, dim=1)
+    pixels = a.reshape(n, c, side * side)  # (n, C, L)
+    expected = torch.einsum("bnl,ncl->bcl", w, pixels).reshape(5, -1)
+    local = LocalScore(a, (c, side, side), 3, budget)
+    torch.testing.assert_close(local.denoised(x, t), expected, rtol=1e-12, atol=1e-14)

@@ -252,3 +252,24 @@ def test_speciation_step_ddpm_reproduces_table_1(lam, k_s, t_s):
     assert ab[k_s] < 1 / lam <= ab[k_s - 1]
     assert np.isnan(th.speciation_step_ddpm(1e9, ab)[0])  # never below 1/Λ
     assert np.isnan(th.speciation_step_ddpm(0.78, ab)[0])  # Λ < 1 (the 8×8 digits): t_S < 0
+
+
+def test_theory_store_of_a_smoothed_baseline_has_the_blurred_references():
+    """The blurred set's law: Λ + σ_s² for ½ log Λ, σ² + σ_s² in the GMM's exact crossing and
+    its collapse time; the unblurred store keeps the training set's."""
+    from diffregimes import data
+    from diffregimes.theory_store import theory_store
+
+    spec = {"kind": "gmm", "mu": 1.0, "sigma": 1.5, "direction": "ones", "test_size": 1}
+    train, _ = data.make_synthetic(spec, "g", 16, 64, 0)
+    times = np.geomspace(0.01, 4, 12)
+    plain = theory_store(train, times, 2, 0, 2**24)
+    blurred = theory_store(train, times, 2, 0, 2**24, blur=0.7)
+    lam, mu_sq = float(plain.Lambda), float((train["m"].values ** 2).sum())
+    assert float(blurred.Lambda) == lam and blurred.attrs["blur_sigma"] == 0.7
+    assert float(blurred.t_S_theory) == pytest.approx(0.5 * np.log(lam + 0.49), rel=1e-12)
+    assert float(blurred.t_S_gmm) == pytest.approx(
+        th.speciation_time_gmm(mu_sq, np.hypot(1.5, 0.7)), rel=1e-12
+    )
+    assert float(plain.t_S_gmm) == pytest.approx(th.speciation_time_gmm(mu_sq, 1.5), rel=1e-12)
+    assert float(blurred.t_C_theory) == pytest.approx(th.collapse_time_gmm(64, 16, 1.5, blur=0.7))

@@ -104,6 +104,10 @@ def test_tiny_run_stores(tiny_run):
     assert float(smooth["t_C_theory"]) == float(own["t_C_theory"])
     assert float(smooth["t_C_theory"]) < float(gauss["t_C_theory"])
     assert smooth["f_excess"].values.tolist() == own["f_excess"].values.tolist()
+    # and so are its speciation references: its samples have covariance Ĉ + σ_s² I
+    lam = float(gauss["Lambda"])
+    assert float(smooth["Lambda"]) == lam
+    assert float(smooth["t_S_theory"]) == pytest.approx(0.5 * np.log(lam + 0.3**2), rel=1e-12)
 
     summary = xr.open_zarr(results / "summary.zarr", consolidated=True)
     assert summary.sizes["run"] == 16  # gmm 2 d × 2 n × 3 scores + gauss 1 × 1 × 4

@@ -41,7 +41,13 @@ def build_score(
         if baseline["kind"] == "smoothed":
             return EmpiricalScore(x, budget_bytes, blur=baseline["sigma_s"])
         if baseline["kind"] == "local":
-            return LocalScore(x, train.attrs["image_shape"], baseline["patch"], budget_bytes)
+            return LocalScore(
+                x,
+                train.attrs["image_shape"],
+                baseline["patch"],
+                budget_bytes,
+                baseline.get("equivariant", False),
+            )
         raise ValueError(f"baseline {score!r}: unknown kind {baseline['kind']!r}")
     if score == "empirical":
         x = torch.as_tensor(train["x"].values, dtype=dtype, device=device)

@@ -345,6 +345,8 @@ def r_squared(score, reference):
     s, r = _np(score, np.float64), _np(reference, np.float64)
     a = ((s - r) ** 2).sum(1)
     b = ((s - s.mean(0)) ** 2).sum(1)
+    if not b.mean() > 0:  # a constant score: r² is undefined
+        return float("nan"), float("nan")
     ratio = a.mean() / b.mean()
     if a.size < 2:
         return float(1 - ratio), float("nan")

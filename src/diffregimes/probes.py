@@ -183,7 +183,8 @@ def probe_metrics(
         ),
         "t_C_probe": (
             f"largest t where identity retention of training points crosses {IDENTITY_LEVEL} "
-            "(linear interpolation); bootstrap SE over points"
+            "(linear interpolation); bootstrap SE over points. A collapse time for a memorising "
+            "score; for one that generalises, the noise level that erases a point's identity"
         ),
     }
     for name, desc in text.items():

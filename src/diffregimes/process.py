@@ -27,8 +27,9 @@ def delta(t):
 def blurred_variance(t, sigma: float):
     """Γ_t = Δ_t + σ² e^{−2t}: the variance at time t of a point blurred by N(0, σ² I) at t = 0
     (a GMM component of width σ, a smoothed training point); a float for a float t."""
-    if isinstance(t, float | int):
-        return delta(float(t)) + float(sigma) ** 2 * math.exp(-2.0 * t)
+    if not isinstance(t, np.ndarray):  # a float, an int or a 0-d tensor or numpy scalar
+        t = float(t)
+        return delta(t) + float(sigma) ** 2 * math.exp(-2.0 * t)
     t = np.asarray(t, dtype=np.float64)
     return delta(t) + float(sigma) ** 2 * np.exp(-2.0 * t)
 

@@ -107,7 +107,10 @@ def sample_cost(
     if score in ("empirical", "smoothed"):
         per_eval = 4.0 * n * d
     elif score == "local":  # a (C·P²)-long patch per pixel against every training image
-        per_eval = 4.0 * n * d * (arch or {}).get("patch", 1) ** 2
+        spec = arch or {}
+        per_eval = 4.0 * n * d * spec.get("patch", 1) ** 2
+        if spec.get("equivariant"):  # ... at every position
+            per_eval *= side * side
     elif score == "population":
         per_eval = 0.0
     elif score == "gaussian":
@@ -119,6 +122,8 @@ def sample_cost(
     stored = cloning.get("stored_pairs") or pairs
     memory = 4.0 * d * (8 * batch + 8 * copies * pairs + samples * saved + n)
     memory += 4.0 * d * 2 * 2 * stored * clone_times
+    if score == "local" and (arch or {}).get("equivariant"):  # ELS keeps every patch unfolded
+        memory += 4.0 * n * d * arch.get("patch", 1) ** 2
     return Cost(flops32=evals * per_eval + nearest, elements=evals * d, bytes=memory + budget)
 
 

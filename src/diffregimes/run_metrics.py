@@ -194,7 +194,8 @@ def run_metrics(
             )
         if "m" in train:
             mu_sq = float((train["m"].values ** 2).sum())
-            phi_theory = theory.phi_gmm_time(clone_times, mu_sq, spec["sigma"])
+            blur = theory_ds.attrs.get("blur_sigma", 0.0)  # a smoothed baseline: σ² + σ_s²
+            phi_theory = theory.phi_gmm_time(clone_times, mu_sq, math.hypot(spec["sigma"], blur))
 
     ds = xr.Dataset(
         {
@@ -261,7 +262,8 @@ def run_metrics(
         )
     if probes_ds is not None:  # classes the judge cannot be corrected for are not used
         usable = probes_ds if correction_reason is None else probes_ds.drop_vars("same_class")
-        fit = _speciation_estimator(train, probes_ds.sizes["point"], cfg)
+        held_out = np.isfinite(probes_ds["same_nearest"].sel(origin="held_out")).all("probe_time")
+        fit = _speciation_estimator(train, int(held_out.sum()), cfg)
         args = (a.shape[0], phi_limit, threshold, cfg["bootstrap"], rng, level, correct, fit)
         ds = ds.merge(probes.probe_metrics(usable, *args))
     _describe(ds)

@@ -140,9 +140,21 @@ class LocalScore:
     x̂₀(l) = Σ_μ w_μ(l) a^μ(l), w(l) = softmax_μ(−‖x_P(l) − a^μ_P(l) e^{−t}‖²/(2Δ_t)), and
     s(x, t) = (e^{−t} x̂₀ − x)/Δ_t (Tweedie). A patch covering the whole image from every pixel
     (P ≥ 2·side − 1) is the empirical score. Memory: (positions × queries × training images)
-    logits in blocks of queries and of training images within `budget_bytes` (online softmax)."""
+    logits and the unfolded training patches in blocks of queries and of training images
+    within `budget_bytes` (online softmax); the training images themselves are kept once.
 
-    def __init__(self, train: torch.Tensor, shape, patch: int, budget_bytes=DEFAULT_BUDGET_BYTES):
+    `equivariant` (ELS): the patch of a pixel is compared with the training patches at every
+    position, not only its own (the chunked `softmax_mean` over all n·side² training patches,
+    kept unfolded: n·d·P² floats); each call costs side² times the LS one."""
+
+    def __init__(
+        self,
+        train: torch.Tensor,
+        shape,
+        patch: int,
+        budget_bytes=DEFAULT_BUDGET_BYTES,
+        equivariant: bool = False,
+    ):
         if patch < 1 or patch % 2 == 0:
             raise ValueError(f"the local score's patch must be odd and ≥ 1, got {patch}")
         self.shape, self.patch, self.budget_bytes = (
@@ -150,55 +162,72 @@ class LocalScore:
             patch,
             budget_bytes,
         )
+        self.equivariant = equivariant
         c, side, _ = self.shape
         n = train.shape[0]
-        images = train.reshape(n, c, side, side)
-        # (positions L, n, C·P²): the patch of every training image at every position
-        self.patches = self._unfold(images).permute(2, 0, 1).contiguous()
-        self.centre = images.reshape(n, c, side * side).permute(2, 0, 1).contiguous()  # (L, n, C)
-        self.half_sq = 0.5 * (self.patches * self.patches).sum(-1)  # (L, n)
+        self.images = train.reshape(n, c, side, side)
+        self.centre = self.images.reshape(n, c, side * side).permute(2, 0, 1).contiguous()
+        if equivariant:  # every training patch at every position: n·d·P² floats, kept
+            flat = self._patches(self.images)  # (L, n, C·P²)
+            self.flat = flat.reshape(-1, flat.shape[-1])
+            self.flat_half_sq = 0.5 * (self.flat * self.flat).sum(-1)
+            # a pixel's value is the centre of the posterior-mean patch (channel-major order)
+            self.centre_index = [ch * patch * patch + patch * patch // 2 for ch in range(c)]
 
-    def _unfold(self, images):
-        return torch.nn.functional.unfold(images, self.patch, padding=self.patch // 2)
+    def _patches(self, images):
+        """(positions L, images, C·P²): the zero-padded patch around every pixel."""
+        out = torch.nn.functional.unfold(images, self.patch, padding=self.patch // 2)
+        return out.permute(2, 0, 1)
 
     def denoised(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """x̂₀ = E[x₀ pixel | its patch of x_t], flattened like x."""
         c, side, _ = self.shape
         dt, scale = delta(float(t)), math.exp(-t)
-        patches = self.patches.to(x.dtype)
-        centre, half_sq = self.centre.to(x.dtype), self.half_sq.to(x.dtype)
-        positions, n, k = patches.shape
-        # a block of logits is positions × rows × cols floats (and two temporaries like it)
+        if self.equivariant:
+            return self._denoised_equivariant(x, dt, scale)
+        centre = self.centre.to(x.dtype)
+        positions, n, _ = centre.shape
+        k = c * self.patch**2
+        # a block of logits is positions × rows × cols floats (and two temporaries like it);
+        # the training patches are unfolded per block of cols images (never all n·d·P² at once)
         cap = max(1, self.budget_bytes // (3 * x.element_size() * positions))
-        cols = min(n, cap)
+        cols = min(n, cap, max(1, self.budget_bytes // (3 * x.element_size() * positions * k)))
         rows = max(1, cap // cols)
-        out = torch.empty(positions, x.shape[0], c, dtype=x.dtype, device=x.device)
-        for i in range(0, x.shape[0], rows):
-            xp = self._unfold(x[i : i + rows].reshape(-1, c, side, side)).permute(2, 0, 1)
-            m = total = acc = None
-            for j in range(0, n, cols):
+        batch = x.shape[0]
+        # online softmax over blocks of training images, each unfolded once per call:
+        # running maximum m, normaliser and weighted sum per (position, query)
+        m = torch.full((positions, batch, 1), -math.inf, dtype=x.dtype, device=x.device)
+        total = torch.zeros_like(m)
+        acc = torch.zeros(positions, batch, c, dtype=x.dtype, device=x.device)
+        queries = [
+            (i, self._patches(x[i : i + rows].reshape(-1, c, side, side)))
+            for i in range(0, batch, rows)
+        ]
+        for j in range(0, n, cols):
+            patches = self._patches(self.images[j : j + cols].to(x.dtype))  # (L, cols, K)
+            bias = (0.5 * (patches * patches).sum(-1) * (-(scale**2) / dt))[:, None, :]
+            for i, xp in queries:
                 # −‖x − s a‖²/(2Δ) up to the per-row −‖x‖²/(2Δ), which cancels in the softmax
-                logits = torch.baddbmm(
-                    half_sq[:, None, j : j + cols] * (-(scale**2) / dt),
-                    xp,
-                    patches[:, j : j + cols].transpose(1, 2),
-                    alpha=scale / dt,
-                )
-                m_new = (
-                    logits.amax(-1, keepdim=True)
-                    if m is None
-                    else torch.maximum(m, logits.amax(-1, keepdim=True))
-                )
+                logits = torch.baddbmm(bias, xp, patches.transpose(1, 2), alpha=scale / dt)
+                rows_i = slice(i, i + xp.shape[1])
+                m_old = m[:, rows_i]
+                m_new = torch.maximum(m_old, logits.amax(-1, keepdim=True))
                 p = logits.sub_(m_new).exp_()  # in place: the block is the cost
-                part_sum, part_acc = p.sum(-1, keepdim=True), p @ centre[:, j : j + cols]
-                if m is None:
-                    total, acc = part_sum, part_acc
-                else:
-                    r = torch.exp(m - m_new)
-                    total, acc = total * r + part_sum, acc * r + part_acc
-                m = m_new
-            out[:, i : i + rows] = acc / total
+                r = torch.exp(m_old - m_new)
+                total[:, rows_i] = total[:, rows_i] * r + p.sum(-1, keepdim=True)
+                acc[:, rows_i] = acc[:, rows_i] * r + p @ centre[:, j : j + cols]
+                m[:, rows_i] = m_new
+        out = acc / total
         return out.permute(1, 2, 0).reshape(x.shape[0], -1)  # (B, C, L) → flattened C, side, side
+
+    def _denoised_equivariant(self, x, dt, scale):
+        c, side, _ = self.shape
+        positions, k = side * side, self.flat.shape[1]
+        queries = self._patches(x.reshape(-1, c, side, side)).transpose(0, 1).reshape(-1, k)
+        flat, half_sq = self.flat.to(x.dtype), self.flat_half_sq.to(x.dtype)
+        mean = softmax_mean(queries, flat, dt, self.budget_bytes, scale, half_sq)  # e^{−t} Σ w a_P
+        hat = mean[:, self.centre_index] / scale  # (B·L, C)
+        return hat.reshape(x.shape[0], positions, c).transpose(1, 2).reshape(x.shape[0], -1)
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         return (math.exp(-t) * self.denoised(x, t) - x) / delta(float(t))

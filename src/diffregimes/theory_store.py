@@ -52,7 +52,8 @@ def theory_store(
     With `blur` = σ_s > 0, the store of the smoothed baseline (SCIENCE.md §7): every excess
     entropy (f^e by the same Monte Carlo, f of the law and of the training spectrum) and every
     t_C read off one is that of the training set blurred by N(0, σ_s² I) (Δ_t → Γ_t =
-    Δ_t + σ_s² e^{−2t}); the spectrum, Λ and t_S are the training set's, as for σ_s = 0."""
+    Δ_t + σ_s² e^{−2t}), and so are the t_S references (Λ + σ_s², GMM σ² + σ_s²); the spectrum
+    and the Λ variables are the training set's."""
     x = train["x"].values.astype(np.float64)
     n, d = x.shape
     spec = law(train)
@@ -61,12 +62,14 @@ def theory_store(
     lam, lam0, lam_all, lam_used = top_eigenvalues(train, x, eig)
     known_law = spec["kind"] in SYNTHETIC_KINDS
     lam_pop = population_top_eigenvalue(spec, d) if known_law else float("nan")
-    k_s, t_s_ddpm = theory.speciation_step_ddpm(lam, process.alphas_bar("linear", 1000))
+    # the speciation references of the law the run samples: the blurred set's covariance is
+    # Ĉ + σ_s² I (Λ + σ_s²) and, for the GMM, each cluster's variance σ² + σ_s²
+    lam_s = lam + blur**2
+    k_s, t_s_ddpm = theory.speciation_step_ddpm(lam_s, process.alphas_bar("linear", 1000))
     t_s_gmm = float("nan")
     if spec["kind"] == "gmm":
-        t_s_gmm = float(
-            theory.speciation_time_gmm(float((train["m"].values ** 2).sum()), spec["sigma"])
-        )
+        sigma_s = math.hypot(spec["sigma"], blur)
+        t_s_gmm = float(theory.speciation_time_gmm(float((train["m"].values ** 2).sum()), sigma_s))
 
     if not known_law:  # real data: the Gaussian-spectrum f(t) of the training covariance
         f_theory = theory.excess_entropy_spectrum(times, alpha, eig, d, blur=blur)
@@ -120,7 +123,7 @@ def theory_store(
             "Lambda_all_channels": lam_all,
             "Lambda_population": lam_pop,
             "alpha": alpha,
-            "t_S_theory": theory.speciation_time(lam),
+            "t_S_theory": theory.speciation_time(lam_s),
             "t_S_gmm": t_s_gmm,
             "t_S_ddpm": t_s_ddpm,
             "k_S_ddpm": k_s,
@@ -152,9 +155,10 @@ def theory_store(
     ds["Lambda_population"].attrs["description"] = "top eigenvalue of the law's covariance"
     if not known_law:
         ds["Lambda_population"].attrs["not_applicable"] = "real data: no known law"
-    ds["t_S_theory"].attrs["description"] = f"½ log Λ (the paper's), Λ over {lam_used}"
+    blurred = f", of the set blurred by N(0, {blur:g}² I): Λ + σ_s², σ² + σ_s²" if blur else ""
+    ds["t_S_theory"].attrs["description"] = f"½ log Λ (the paper's), Λ over {lam_used}" + blurred
     ds["t_S_gmm"].attrs["description"] = (
-        "exact 0.7752 crossing of the GMM's φ(t): ½ log(|m|² + 1 − σ²)"
+        "exact 0.7752 crossing of the GMM's φ(t): ½ log(|m|² + 1 − σ²)" + blurred
     )
     if spec["kind"] != "gmm":
         ds["t_S_gmm"].attrs["not_applicable"] = "not a two-cluster GMM"
