@@ -59,21 +59,26 @@ def test_class_retention_of_the_population_score_is_the_cloning_phi():
 def test_identity_retention_of_the_empirical_score_is_the_posterior_collision_probability():
     """256 training points: identity retention within 4 binomial SE (+ 0.02 for the sampler)
     of E Σ_μ w_μ(x_t)² (Monte Carlo, 4096 draws of (μ, z)); → 1 as t → 0 and → chance 1/n for
-    t ≫ t_C; class retention → Σ p_c² = ½ at t = T; t_C_probe lies where E Σ w² = ½."""
+    t ≫ t_C; class retention of the training points is E Σ_c P(c | x_t)², the empirical
+    measure's φ(t), and → Σ p_c² = ½ at t = T; t_C_probe lies where E Σ w² = ½."""
     n = 256
     train, store, out = _probe("empirical", n, 64, n)
     a = torch.as_tensor(train["x"].values, dtype=torch.float64)
     t = store.probe_time.values
     g = torch.Generator().manual_seed(3)
-    collision = []
+    plus = a @ torch.as_tensor(train["m"].values, dtype=torch.float64) > 0  # sign classes
+    collision, same_class = [], []
     for tk in t:
         mu = torch.randint(0, n, (4096,), generator=g)
         x = a[mu] * math.exp(-tk) + math.sqrt(process.delta(float(tk))) * torch.randn(
             4096, D, generator=g, dtype=torch.float64
         )
         logits = -(torch.cdist(x, a * math.exp(-tk)) ** 2) / (2 * process.delta(float(tk)))
-        collision.append(float((torch.softmax(logits, 1) ** 2).sum(1).mean()))
-    collision = np.array(collision)
+        w = torch.softmax(logits, 1)
+        collision.append(float((w**2).sum(1).mean()))
+        p_plus = w[:, plus].sum(1)  # the posterior class of x_t
+        same_class.append(float((p_plus**2 + (1 - p_plus) ** 2).mean()))
+    collision, same_class = np.array(collision), np.array(same_class)
     kept = out.probe_identity_retention.sel(origin="train").values
     se = np.sqrt(collision * (1 - collision) / n) + 1 / n
     bad = np.abs(kept - collision) > 4 * se + 0.02
@@ -82,8 +87,13 @@ def test_identity_retention_of_the_empirical_score_is_the_posterior_collision_pr
     k_large = np.argmax(t)
     low, high = metrics.binomial_interval(int(round(kept[k_large] * n)), n, 0.999)
     assert low <= 1 / n <= high  # chance
-    held = out.probe_class_retention.sel(origin="train").values[k_large]
-    assert abs(held - 0.5) < 4 * math.sqrt(0.25 / n)
+    kept_class = out.probe_class_retention.sel(origin="train").values
+    assert abs(kept_class[k_large] - 0.5) < 4 * math.sqrt(0.25 / n)
+    # class retention of training points is the empirical measure's own φ(t) = E Σ_c P(c|x_t)²
+    se_class = np.sqrt(same_class * (1 - same_class) / n) + 1 / n
+    bad = np.abs(kept_class - same_class) > 4 * se_class + 0.02
+    assert not bad.any(), list(zip(t[bad], kept_class[bad], same_class[bad], strict=True))
+    assert np.isfinite(float(out.t_S_probe_train)) and float(out.t_S_probe_train_se) > 0
     t_half = theory.crossing_time(t, -collision, -0.5)
     assert abs(float(out.t_C_probe) - t_half) < 3 * float(out.t_C_probe_se) + 0.05
 

@@ -24,6 +24,8 @@ SCALARS = [
     "t_S_no_crossing_fraction",
     "t_S_probe",
     "t_S_probe_se",
+    "t_S_probe_train",
+    "t_S_probe_train_se",
     "t_C_theory",
     "t_C_measured",
     "t_C_measured_se",

@@ -134,7 +134,8 @@ def probe_metrics(
     """Retention curves with Wilson intervals (origin, probe_time), their large-t limits, and
     t_S_probe (class retention of held-out points through `threshold`, the φ* of cloning, by
     the cloning estimator and judge correction `correct`) and t_C_probe (identity retention of
-    training points through ½), each with a bootstrap SE over the probed points."""
+    training points through ½), each with a bootstrap SE over the probed points; and
+    t_S_probe_train, the class-retention t_S of training points."""
     if "same_class" not in probes:  # no classes, or a judge too poor to correct
         probes = probes.assign(same_class=probes["same_nearest"] * np.nan)
     t = probes["probe_time"].values
@@ -148,12 +149,15 @@ def probe_metrics(
             out[f"probe_{name}"] = (("origin", "probe_time"), hits / trials)
         out[f"probe_{name}_ci_low"] = (("origin", "probe_time"), low)
         out[f"probe_{name}_ci_high"] = (("origin", "probe_time"), high)
+    t_s = {}
+    for origin in ORIGINS:  # a start drawn from the law the score samples gives φ(t) exactly
+        same = _probed(probes["same_class"].sel(origin=origin).values)
+        t_s[origin] = (float("nan"), float("nan"))
+        if same.size:
+            t_s[origin] = metrics.speciation_time_bootstrap(
+                t, same, n_boot, rng, threshold, phi_limit, correct, estimator
+            )[:2]
     held_out = _probed(probes["same_class"].sel(origin="held_out").values)
-    t_s = t_s_se = float("nan")
-    if held_out.size:
-        t_s, t_s_se, _ = metrics.speciation_time_bootstrap(
-            t, held_out, n_boot, rng, threshold, phi_limit, correct, estimator
-        )
     own = _probed(probes["same_nearest"].sel(origin="train").values)
     t_c, t_c_se, _ = metrics.speciation_time_bootstrap(
         t, own, n_boot, rng, IDENTITY_LEVEL, 1.0 / n_train, estimator=_falling_crossing
@@ -163,8 +167,10 @@ def probe_metrics(
             **out,
             "probe_class_chance": phi_limit,
             "probe_identity_chance": 1.0 / n_train,
-            "t_S_probe": t_s,
-            "t_S_probe_se": t_s_se,
+            "t_S_probe": t_s["held_out"][0],
+            "t_S_probe_se": t_s["held_out"][1],
+            "t_S_probe_train": t_s["train"][0],
+            "t_S_probe_train_se": t_s["train"][1],
             "t_C_probe": t_c,
             "t_C_probe_se": t_c_se,
         },
@@ -179,7 +185,12 @@ def probe_metrics(
         "probe_identity_chance": "large-t limit of identity retention of training points, 1/n",
         "t_S_probe": (
             f"largest t where class retention of held-out points crosses {threshold:.4g} (the "
-            "φ* of cloning: for an exact score class retention is φ(t)); bootstrap SE over points"
+            "φ* of cloning: for the population score class retention of the law's points is "
+            "φ(t)); bootstrap SE over points"
+        ),
+        "t_S_probe_train": (
+            "t_S_probe from training points (for the empirical score, whose law they are, "
+            "class retention is its cloning φ(t))"
         ),
         "t_C_probe": (
             f"largest t where identity retention of training points crosses {IDENTITY_LEVEL} "
@@ -190,5 +201,6 @@ def probe_metrics(
     for name, desc in text.items():
         ds[name].attrs["description"] = desc
     if not held_out.size:
-        ds["t_S_probe"].attrs["not_applicable"] = "no classes"
+        for name in ("t_S_probe", "t_S_probe_train"):
+            ds[name].attrs["not_applicable"] = "no classes"
     return ds
