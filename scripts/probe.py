@@ -4,7 +4,7 @@ import functools
 
 import torch
 
-from diffregimes import generate, judge, probes, process, samplers, store
+from diffregimes import generate, judge, probes, process, store
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, cell_of, start_log
 from diffregimes.seeds import job_seed
@@ -24,9 +24,8 @@ if sm.input.get("judge"):  # images: the class judge labels start and end points
     judged = None if net is None else functools.partial(judge.judge_classes, net)
 classify = generate.classifier(train, judged)
 score = generate.build_score(w.score, train, budget, device, model_path=model, baseline=p.baseline)
-grid, _ = process.grid_from_settings(p.time)
-name = p.sampler["name"]
-sampler = name if name in samplers.STOCHASTIC else "euler_maruyama"
+grid = process.time_grid(p.time["T"], p.time["t_min"], p.time["steps"], p.time["spacing"])
+sampler = p.sampler  # the run's when stochastic, else Euler–Maruyama (common.smk)
 seed = job_seed("probe", w.dataset, w.d, w.n, w.seed, w.score)
 with Timer(log, f"forward–backward probes of {w.score}, {sampler}, job seed {seed}"):
     ds = probes.probe_store(

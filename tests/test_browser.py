@@ -82,10 +82,10 @@ def test_index_and_every_report_load_over_http(served, page):
     _check_loaded(page, f"{served}/index.html")
     links = page.eval_on_selector_all("a", "links => links.map(a => a.href)")
     assert any(link.endswith("reports/summary.html") for link in links)
-    assert sum("/reports/runs/" in link for link in links) == 15
+    assert sum("/reports/runs/" in link for link in links) == 16
     # the table sorts and filters
     rows = page.locator("#runs tbody tr")
-    assert rows.count() == 15
+    assert rows.count() == 16
     page.fill("#filter", "mlp")
     assert page.locator("#runs tbody tr:not([hidden])").count() == 4
     page.fill("#filter", "")

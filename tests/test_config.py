@@ -184,3 +184,11 @@ def test_validation_fills_each_kind_with_its_own_defaults_only():
     assert "widths" not in cfg["models"]["mlp"] and {"width", "depth"} <= set(cfg["models"]["mlp"])
     assert "width" not in cfg["models"]["unet"] and cfg["models"]["unet"]["widths"] == [32, 64]
     assert cfg["datasets"]["gmm"]["test_size"] == 1024  # defaults of every kind still apply
+
+
+def test_the_config_knows_the_stochastic_samplers():
+    """common.smk picks the probes' sampler without importing torch: config's list must be
+    samplers.STOCHASTIC."""
+    from diffregimes import samplers
+
+    assert set(config_checks.STOCHASTIC_SAMPLERS) == samplers.STOCHASTIC

@@ -27,7 +27,17 @@ from workflow_helpers import command
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
 COPIED = ["Snakefile", "workflow", "scripts", "src", "envs", "config", "profiles"]
-PIPELINE = {"data", "theory", "train", "training_axis", "sample", "metrics", "summary"}
+PIPELINE = {
+    "data",
+    "theory",
+    "theory_baseline",
+    "train",
+    "training_axis",
+    "sample",
+    "probe",
+    "metrics",
+    "summary",
+}
 
 pytestmark = pytest.mark.slow
 
@@ -142,8 +152,12 @@ def test_metric_setting_reruns_metrics_and_reports_only(wf):
 def test_sampler_setting_reruns_sampling_onward(wf):
     jobs = wf.changed(lambda c: c["sampler"].update(name="heun"))
     report("sampler setting (sampler.name)", jobs)
-    # the training axis samples every checkpoint by DDIM, whatever the run's sampler
+    # the training axis samples every checkpoint by DDIM, whatever the run's sampler, and
+    # the probes run Euler–Maruyama for a deterministic sampler (heun) as before
     assert_reruns(jobs, {"sample": 3, "metrics": 3, "summary": 1}, runs=3)
+    jobs = wf.changed(lambda c: c["sampler"].update(name="ddpm"))
+    report("stochastic sampler (sampler.name: ddpm)", jobs)
+    assert_reruns(jobs, {"sample": 3, "probe": 3, "metrics": 3, "summary": 1}, runs=3)
 
 
 def test_saved_times_retrain_nothing(wf):
@@ -185,7 +199,8 @@ def test_sampler_module_edit_reruns_sampling_onward(wf):
     finally:
         module.write_text(original)
     report("sampler module edited (src/diffregimes/samplers.py)", jobs)
-    assert_reruns(jobs, {"sample": 3, "training_axis": 2, "metrics": 3, "summary": 1}, runs=3)
+    pipeline = {"sample": 3, "probe": 3, "training_axis": 2, "metrics": 3, "summary": 1}
+    assert_reruns(jobs, pipeline, runs=3)
     assert wf.planned() == {}  # content restored: nothing to do although the mtime is newer
 
 
@@ -194,7 +209,7 @@ def test_model_setting_reruns_that_model_only(wf):
     report("model setting (models.mlp_b.width)", jobs)
     assert_reruns(
         jobs,
-        {"train": 1, "training_axis": 1, "sample": 1, "metrics": 1, "summary": 1},
+        {"train": 1, "training_axis": 1, "sample": 1, "probe": 1, "metrics": 1, "summary": 1},
         runs=1,
     )
 
@@ -202,7 +217,8 @@ def test_model_setting_reruns_that_model_only(wf):
 def test_new_n_adds_its_cells_and_the_grid_outputs(wf):
     jobs = wf.changed(lambda c: c["datasets"]["gmm"].update(n=[16, 32]))
     report("one n added (gmm n: [16] -> [16, 32])", jobs)
-    new_cell = {"data": 1, "theory": 1, "train": 2, "training_axis": 2, "sample": 3, "metrics": 3}
+    new_cell = {"data": 1, "theory": 1, "train": 2, "training_axis": 2, "sample": 3, "probe": 3}
+    new_cell["metrics"] = 3
     assert_reruns(jobs, {**new_cell, "summary": 1}, runs=3)
 
 

@@ -29,7 +29,7 @@ from workflow_helpers import snakemake as run_snakemake
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
-GPU_RULES = {"train", "sample", "training_axis"}
+GPU_RULES = {"train", "sample", "probe", "training_axis"}
 # Flags for a test cluster: first status check after 2 s (default 40 s), no account to guess,
 # keep the SLURM logs of successful jobs so that the test can read their job ids.
 SLURM_FLAGS = [

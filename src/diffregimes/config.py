@@ -26,6 +26,9 @@ EXACT_SCORES = ("population", "empirical", "gaussian")
 # Closed-form scores with settings, named entries under `baselines` (SCIENCE.md §7).
 BASELINE_KINDS = ("smoothed", "local")
 SYNTHETIC_KINDS = ("gmm", "gaussian")
+# Samplers whose backward run is a posterior draw (samplers.STOCHASTIC; a test keeps the two
+# equal): clones and probes run one of them, Euler–Maruyama when the run's is deterministic.
+STOCHASTIC_SAMPLERS = ("euler_maruyama", "ddpm", "ddpm_posterior")
 IMAGE_KINDS = ("digits", "fashion_mnist", "idx", "npz", "cifar10", "image_folder")
 # Keys that belong to one family of kinds only (a gmm with `sizes:` is a mistake, not a no-op).
 IMAGE_ONLY_KEYS = (

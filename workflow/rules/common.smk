@@ -241,6 +241,18 @@ def get_sampler(w):
     return run_section(w, "sampler")
 
 
+def get_probe_time(w):
+    """The time grid the probes run back on (the saved times do not change them)."""
+    return {k: run_section(w, "time")[k] for k in ("T", "t_min", "steps", "spacing")}
+
+
+def get_probe_sampler(w):
+    """The sampler of the probes: the run's when stochastic, else Euler–Maruyama (a
+    deterministic backward map is not a posterior draw)."""
+    name = get_sampler(w)["name"]
+    return name if name in config_checks.STOCHASTIC_SAMPLERS else "euler_maruyama"
+
+
 def get_training_time(w):
     """The time span training draws t from (T, t_min): the saved times or the grid's step
     count do not change a model, so they do not retrain it."""

@@ -53,8 +53,8 @@ rule probe:
         runtime=60,
         budget_mb=BUDGET_MB,
     params:
-        time=get_time,
-        sampler=get_sampler,
+        time=get_probe_time,
+        sampler=get_probe_sampler,
         probes=section("probes"),
         baseline=get_baseline,
     script:
