@@ -129,13 +129,14 @@ def probe_metrics(
     rng,
     level: float = 0.95,
     correct=None,
-    estimator=None,
+    estimator_for=None,
 ) -> xr.Dataset:
     """Retention curves with Wilson intervals (origin, probe_time), their large-t limits, and
     t_S_probe (class retention of held-out points through `threshold`, the φ* of cloning, by
     the cloning estimator and judge correction `correct`) and t_C_probe (identity retention of
     training points through ½), each with a bootstrap SE over the probed points; and
-    t_S_probe_train, the class-retention t_S of training points."""
+    t_S_probe_train, the class-retention t_S of training points. `estimator_for(points)` gives
+    the t_S estimator for that many probed points (None: the cloning default)."""
     if "same_class" not in probes:  # no classes, or a judge too poor to correct
         probes = probes.assign(same_class=probes["same_nearest"] * np.nan)
     t = probes["probe_time"].values
@@ -154,10 +155,10 @@ def probe_metrics(
         same = _probed(probes["same_class"].sel(origin=origin).values)
         t_s[origin] = (float("nan"), float("nan"))
         if same.size:
+            fit = estimator_for(same.shape[1]) if estimator_for is not None else None
             t_s[origin] = metrics.speciation_time_bootstrap(
-                t, same, n_boot, rng, threshold, phi_limit, correct, estimator
+                t, same, n_boot, rng, threshold, phi_limit, correct, fit
             )[:2]
-    held_out = _probed(probes["same_class"].sel(origin="held_out").values)
     own = _probed(probes["same_nearest"].sel(origin="train").values)
     t_c, t_c_se, _ = metrics.speciation_time_bootstrap(
         t, own, n_boot, rng, IDENTITY_LEVEL, 1.0 / n_train, estimator=_falling_crossing
@@ -200,7 +201,7 @@ def probe_metrics(
     }
     for name, desc in text.items():
         ds[name].attrs["description"] = desc
-    if not held_out.size:
+    if not np.isfinite(probes["same_class"].values).any():
         for name in ("t_S_probe", "t_S_probe_train"):
             ds[name].attrs["not_applicable"] = "no classes"
     return ds

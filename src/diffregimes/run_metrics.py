@@ -262,8 +262,7 @@ def run_metrics(
         )
     if probes_ds is not None:  # classes the judge cannot be corrected for are not used
         usable = probes_ds if correction_reason is None else probes_ds.drop_vars("same_class")
-        held_out = np.isfinite(probes_ds["same_nearest"].sel(origin="held_out")).all("probe_time")
-        fit = _speciation_estimator(train, int(held_out.sum()), cfg)
+        fit = functools.partial(_speciation_estimator, train, cfg=cfg)  # fit(points)
         args = (a.shape[0], phi_limit, threshold, cfg["bootstrap"], rng, level, correct, fit)
         ds = ds.merge(probes.probe_metrics(usable, *args))
     _describe(ds)

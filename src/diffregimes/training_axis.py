@@ -44,7 +44,12 @@ def score_errors(score_fn, reference, test_x, times, generator):
     """Δ_t · mean ‖s_θ − s_ref‖²/d at each t on noised held-out points (the ε-scale MSE), with
     reference[k] the reference score at times[k]. The noise is drawn on the held-out points'
     device, from `generator` (same device)."""
-    return point_errors(score_fn, reference, test_x, times, generator).mean(0)
+    return np.array(
+        [
+            reference_errors(score_fn, {"ref": ref}, test_x, [t], generator)[0][0, :, 0].mean()
+            for ref, t in zip(reference, times, strict=True)
+        ]
+    )
 
 
 def ddim_grid(time_cfg: dict, steps: int) -> np.ndarray:
@@ -73,8 +78,8 @@ def measure_training_axis(
 
     `checkpoints` maps a training step to its checkpoint file (`store.recorded_checkpoints`:
     the ones the model file records); `population` is the law's exact score, or None where the
-    law is unknown; `references` maps a name (population, empirical, gaussian, a baseline's) to
-    a closed-form score the network is compared with (SCIENCE.md §7), none if None."""
+    law is unknown; `references` maps a name (gaussian, a baseline's) to a further closed-form
+    score the network is compared with by r² (SCIENCE.md §7), beside population and empirical."""
     run_grid, keep = process.grid_from_settings(time_cfg)
     times = run_grid[keep]
     grid = ddim_grid(time_cfg, axis_cfg["ddim_steps"])
@@ -97,8 +102,11 @@ def measure_training_axis(
     gap_mean = np.empty((len(steps), 2))
     loss_held_out = np.empty(len(steps))
     energy = np.empty((len(steps), 2))
-    references = references or {}
-    r2 = np.empty((len(steps), len(references), len(times)))
+    refs = {"population": population} if population is not None else {}
+    refs["empirical"] = empirical
+    refs.update(references or {})  # gaussian, the baselines
+    names = list(refs)
+    r2 = np.empty((len(steps), len(refs), len(times)))
     r2_se = np.empty_like(r2)
     for j, step in enumerate(steps):
         if step not in checkpoints:
@@ -116,11 +124,13 @@ def measure_training_axis(
         ratio = metrics.memorisation_ratio(dist[:, 0].cpu(), dist[:, 1].cpu())
         f_mem[j] = metrics.memorised_fraction(ratio, axis_cfg["memorisation_threshold"], level)
         energy[j] = memorisation.energy_distance(x_hat, held_out)
+        # one pass over the same noised held-out points at every checkpoint: the errors
+        # against empirical and population, and r² against every reference
         egen = torch.Generator(device=device).manual_seed(seed + 1)
-        err_emp[j] = score_errors(score, [empirical] * len(times), test_x, times, egen)
+        errors, r2[j], r2_se[j] = reference_errors(score, refs, test_x, times, egen)
+        err_emp[j] = errors[names.index("empirical")].mean(0)
         if population is not None:
-            pgen = torch.Generator(device=device).manual_seed(seed + 1)
-            per_point = point_errors(score, [population] * len(times), test_x, times, pgen)
+            per_point = errors[names.index("population")]
             err_pop[j] = per_point.mean(0)
             err_pop_mean[j] = memorisation.mean_se(per_point.mean(1))
         # the same noise for every checkpoint: the gap's changes come from training alone
@@ -134,9 +144,6 @@ def measure_training_axis(
             test_loss, train_loss
         )
         loss_held_out[j] = test_loss.mean()
-        if references:  # the same noised points at every checkpoint
-            rgen = torch.Generator(device=device).manual_seed(seed + 4)
-            r2[j], r2_se[j] = reference_r2(score, references, test_x, times, rgen)
         log.info(
             "step %d: f_mem = %.3f, DSM gap = %.3g ± %.2g, energy distance = %.3g ± %.2g",
             step,
@@ -202,7 +209,7 @@ def measure_training_axis(
         coords={
             "step": np.asarray(steps, dtype=np.int64),
             "time": times,
-            "reference": np.asarray(list(references), dtype=object),
+            "reference": np.asarray(names, dtype=object),
         },
     )
     describe(ds, axis_cfg, population is not None, gap_level, tolerance)
@@ -211,30 +218,22 @@ def measure_training_axis(
     return ds
 
 
-def reference_r2(score_fn, references: dict, test_x, times, generator):
-    """(r², SE), each (reference, time): `metrics.r_squared` of the learned score against each
-    reference score on held-out points noised to each t, one noise draw per t shared by every
-    reference (drawn on the points' device from `generator`)."""
-    out = np.empty((2, len(references), len(times)))
+def reference_errors(score_fn, references: dict, test_x, times, generator):
+    """Against each reference score, on held-out points noised to each t (one noise draw per
+    t, shared by every reference, on the points' device from `generator`): Δ_t ‖s_θ − s_ref‖²/d
+    per point (reference, point, time) and `metrics.r_squared` with its SE (reference, time)."""
+    errors = np.empty((len(references), test_x.shape[0], len(times)))
+    r2 = np.empty((2, len(references), len(times)))
     for k, t in enumerate(times):
         z = torch.randn(test_x.shape, generator=generator, dtype=test_x.dtype, device=test_x.device)
         x = process.noised(test_x, float(t), z)
         s = score_fn(x, float(t))
         for i, ref in enumerate(references.values()):
-            out[:, i, k] = metrics.r_squared(s, ref(x, float(t)))
-    return out[0], out[1]
-
-
-def point_errors(score_fn, reference, test_x, times, generator) -> np.ndarray:
-    """Δ_t ‖s_θ − s_ref‖²/d per held-out point (points, times), reference[k] at times[k], the
-    noise drawn on the points' device from `generator`."""
-    out = np.empty((test_x.shape[0], len(times)))
-    for k, t in enumerate(times):
-        z = torch.randn(test_x.shape, generator=generator, dtype=test_x.dtype, device=test_x.device)
-        x = process.noised(test_x, float(t), z)
-        diff = score_fn(x, float(t)) - reference[k](x, float(t))
-        out[:, k] = (process.delta(float(t)) * diff.pow(2).mean(1)).double().cpu().numpy()
-    return out
+            s_ref = ref(x, float(t))
+            diff = s - s_ref
+            errors[i, :, k] = (process.delta(float(t)) * diff.pow(2).mean(1)).double().cpu().numpy()
+            r2[:, i, k] = metrics.r_squared(s, s_ref)
+    return errors, r2[0], r2[1]
 
 
 def describe(ds: xr.Dataset, axis_cfg: dict, known_law: bool, gap_level, tolerance) -> None:
