@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from diffregimes import generate
+from diffregimes import generate, process
 from diffregimes.scores import EmpiricalScore
 
 
@@ -54,7 +54,9 @@ def main():
     sampler_cfg = {"name": "euler_maruyama", "samples": args.samples}
     clone_cfg = {"times": args.clone_times, "pairs": args.pairs, "t_lo": 0.05}
     start = time.perf_counter()
-    ds = generate.sample_trajectories(score, args.d, time_cfg, sampler_cfg, clone_cfg, seed=0)
+    ds = generate.sample_trajectories(
+        score, args.d, process.TimeGrid.from_settings(time_cfg), sampler_cfg, clone_cfg, seed=0
+    )
     wall = time.perf_counter() - start
     assert bool(torch.isfinite(torch.as_tensor(ds["x"].values)).all())
     print(

@@ -24,7 +24,7 @@ if sm.input.get("judge"):  # images: the class judge labels start and end points
     judged = None if net is None else functools.partial(judge.judge_classes, net)
 classify = generate.classifier(train, judged)
 score = generate.build_score(w.score, train, budget, device, model_path=model, baseline=p.baseline)
-grid = process.time_grid(p.time["T"], p.time["t_min"], p.time["steps"], p.time["spacing"])
+grid = process.TimeGrid.from_settings(p.time)  # without `saved`: the probes keep no states
 sampler = p.sampler  # the run's when stochastic, else Euler–Maruyama (common.smk)
 seed = job_seed("probe", w.dataset, w.d, w.n, w.seed, w.score)
 with Timer(log, f"forward–backward probes of {w.score}, {sampler}, job seed {seed}"):
@@ -32,13 +32,13 @@ with Timer(log, f"forward–backward probes of {w.score}, {sampler}, job seed {s
         score,
         torch.as_tensor(train["x"].values, dtype=torch.float32, device=device),
         torch.as_tensor(test["x"].values, dtype=torch.float32, device=device),
-        grid,
+        grid.times,
         p.probes,
         sampler,
         seed,
         budget,
         classify,
-        noisy_last=p.time["spacing"].startswith("ddpm_"),
+        noisy_last=grid.noisy_last,
     )
 ds.attrs.update(cell_of(w))
 store.write(ds, sm.output[0])

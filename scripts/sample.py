@@ -4,7 +4,7 @@ import functools
 
 import torch
 
-from diffregimes import generate, judge, store
+from diffregimes import generate, judge, process, store
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, cell_of, progress_bar, start_log
 from diffregimes.seeds import job_seed
@@ -24,13 +24,14 @@ if sm.input.get("judge"):
     judged = None if net is None else functools.partial(judge.judge_classes, net)
 classify = generate.classifier(train, judged)  # GMM: sign(m·x̂₀)
 score = generate.build_score(w.score, train, budget, device, model_path=model, baseline=p.baseline)
-bar = progress_bar(generate.planned_steps(p.time, p.cloning), "integration steps", sm.log[0])
+grid = process.TimeGrid.from_settings(p.time)  # the job's one time grid
+bar = progress_bar(generate.planned_steps(grid, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):
     try:
         ds = generate.sample_trajectories(
             score,
             int(w.d),
-            p.time,
+            grid,
             p.sampler,
             p.cloning,
             seed,

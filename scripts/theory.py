@@ -12,15 +12,15 @@ log = start_log(sm.log[0], "theory")
 device = job_device(log, sm.threads, sm.resources.get("gpu"))  # the Monte Carlo of f^e
 
 train = store.open_store(sm.input.train, "training set", require=("x",))
-grid, keep = process.grid_from_settings(p.time)
+grid = process.TimeGrid.from_settings(p.time)
 blur = p.get("blur", 0.0)  # σ_s of a smoothed baseline's theory (rule theory_baseline)
 baseline = w.get("baseline")
 seed = job_seed("theory", w.dataset, w.d, w.n, w.seed, *([baseline] if baseline else []))
-bar = progress_bar(len(keep) * p.entropy_samples, "f^e Monte Carlo samples", sm.log[0])
+bar = progress_bar(len(grid.saved) * p.entropy_samples, "f^e Monte Carlo samples", sm.log[0])
 with Timer(log, f"theory and f^e, job seed {seed}"):
     ds = theory_store.theory_store(
         train,
-        grid[keep],
+        grid.saved_times,
         p.entropy_samples,
         seed,
         budget,

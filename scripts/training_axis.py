@@ -1,6 +1,6 @@
 """Rule `training_axis`: f_mem and score errors along training, from the model's checkpoints."""
 
-from diffregimes import generate, nets, store, training_axis
+from diffregimes import generate, nets, process, store, training_axis
 from diffregimes.data import SYNTHETIC_KINDS
 from diffregimes.device import job_device
 from diffregimes.joblog import Timer, cell_of, start_log
@@ -31,7 +31,7 @@ with Timer(log, f"training axis of {w.model}, job seed {seed}"):
         train,
         test,
         population,
-        p.time,
+        process.TimeGrid.from_settings(p.time),
         seed,
         budget,
         device,

@@ -13,6 +13,7 @@ from model_configs import model_cfg
 from scipy import stats
 
 from diffregimes import config, data, generate, memorisation, nets, reproduction, train
+from diffregimes.process import TimeGrid
 from diffregimes.training_axis import measure_training_axis
 
 TIME = {"T": 5.0, "t_min": 1e-3, "steps": 100, "spacing": "log_snr", "saved": 12}
@@ -50,7 +51,17 @@ def train_and_measure(tmp_path, d, n, steps, checkpoints, sigma=1.0, width=128):
         "smoothed", train_ds, 2**24, "cpu", baseline={"kind": "smoothed", "sigma_s": 0.3}
     )
     return measure_training_axis(
-        net, files, cfg, axis, train_ds, test_ds, pop, TIME, 2, 2**24, references=refs
+        net,
+        files,
+        cfg,
+        axis,
+        train_ds,
+        test_ds,
+        pop,
+        TimeGrid.from_settings(TIME),
+        2,
+        2**24,
+        references=refs,
     )
 
 

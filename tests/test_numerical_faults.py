@@ -63,5 +63,10 @@ def test_nan_in_a_clone_run_names_the_branch_time():
     clone_cfg = {"times": 3, "pairs": 4, "t_lo": 0.05}
     with pytest.raises(FloatingPointError, match=r"at step \d+ of \d+ \(t = 0\.4.* in the clones "):
         generate.sample_trajectories(
-            score, 3, time_cfg, {"name": "euler_maruyama", "samples": 16}, clone_cfg, 0
+            score,
+            3,
+            process.TimeGrid.from_settings(time_cfg),
+            {"name": "euler_maruyama", "samples": 16},
+            clone_cfg,
+            0,
         )

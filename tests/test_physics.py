@@ -63,7 +63,7 @@ def test_phi_cloning_population_gmm_follows_theory():
     traj = generate.sample_trajectories(
         score,
         d,
-        time_cfg,
+        process.TimeGrid.from_settings(time_cfg),
         {"name": "euler_maruyama", "samples": pairs},
         {"times": 12, "pairs": pairs, "t_lo": 0.3},
         seed=11,
@@ -192,7 +192,7 @@ def _collapse_run(d: int, score_name: str = "empirical", blur: float = 0.0):
         traj = generate.sample_trajectories(
             score,
             d,
-            TC_TIME,
+            process.TimeGrid.from_settings(TC_TIME),
             {"name": "euler_maruyama", "samples": TC_SAMPLES},
             {"times": 1, "pairs": 1, "t_lo": 0.05},
             seed=3,
@@ -292,7 +292,7 @@ def _baseline_samples(score, train, samples: int, seed: int):
     return generate.sample_trajectories(
         score,
         train.sizes["feature"],
-        time_cfg,
+        process.TimeGrid.from_settings(time_cfg),
         {"name": "euler_maruyama", "samples": samples},
         {"times": 3, "pairs": 8, "t_lo": 0.1},
         seed=seed,

@@ -10,12 +10,12 @@ import torch
 
 from diffregimes.process import (
     SPACINGS,
+    TimeGrid,
     alphas_bar,
     clone_indices,
     cosine_alphas_bar,
     delta,
     forward_sample,
-    grid_from_settings,
     linear_betas,
     log_snr,
     saved_indices,
@@ -185,11 +185,25 @@ def test_saved_indices_keeps_both_ends_even_when_asked_for_fewer(saved):
     np.testing.assert_array_equal(saved_indices(1, saved), [0])
 
 
-def test_grid_from_settings():
+def test_time_grid_from_settings():
     cfg = {"T": T, "t_min": T_MIN, "steps": 100, "spacing": "log_snr", "saved": 11}
-    grid, keep = grid_from_settings(cfg)
-    np.testing.assert_array_equal(grid, time_grid(T, T_MIN, 100, "log_snr"))
-    np.testing.assert_array_equal(keep, np.arange(0, 101, 10))
+    grid = TimeGrid.from_settings(cfg)
+    np.testing.assert_array_equal(grid.times, time_grid(T, T_MIN, 100, "log_snr"))
+    np.testing.assert_array_equal(grid.saved, np.arange(0, 101, 10))
+    np.testing.assert_array_equal(grid.saved_times, grid.times[::10])
+    assert len(grid) == 101 and not grid.noisy_last
+    # another step count keeps T, t_min and spacing (the training axis's DDIM grid)
+    ddim = TimeGrid.from_settings(cfg, steps=20)
+    assert len(ddim) == 21 and ddim.times[0] == T and ddim.times[-1] == T_MIN
+    # a section without `saved` (the probes') keeps both ends; a DDPM grid ends noisy
+    bare = {k: v for k, v in cfg.items() if k != "saved"}
+    np.testing.assert_array_equal(TimeGrid.from_settings(bare).saved, [0, 100])
+    assert TimeGrid.from_settings(bare | {"spacing": "ddpm_linear"}).noisy_last
+    # clone times come from the section's T (explicit times must lie on the grid)
+    clone_cfg = {"at": None, "times": 5, "t_lo": 0.1}
+    np.testing.assert_array_equal(
+        grid.clone_indices(clone_cfg), clone_indices(grid.times, 5, 0.1, T)
+    )
 
 
 def test_clone_indices():

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from diffregimes.process import delta, linear_betas, time_grid
+from diffregimes.process import TimeGrid, delta, linear_betas, time_grid
 from diffregimes.samplers import (
     SAMPLERS,
     STOCHASTIC,
@@ -363,7 +363,7 @@ def test_sample_trajectories_with_more_clone_pairs_than_samples():
     ds = generate.sample_trajectories(
         score,
         d,
-        time_cfg,
+        TimeGrid.from_settings(time_cfg),
         {"name": "euler_maruyama", "samples": 6},
         {"times": 3, "pairs": 10, "t_lo": 0.1},
         seed=0,
@@ -415,7 +415,12 @@ def test_the_trajectory_store_holds_copies_not_views_of_the_batch():
     generate._kept = spy
     try:
         generate.sample_trajectories(
-            score, d, time_cfg, {"name": "euler_maruyama", "samples": 8}, clone_cfg, seed=0
+            score,
+            d,
+            TimeGrid.from_settings(time_cfg),
+            {"name": "euler_maruyama", "samples": 8},
+            clone_cfg,
+            seed=0,
         )
     finally:
         generate._kept = real

@@ -88,7 +88,7 @@ def test_trained_unet_samples_and_clones_through_the_sampling_stage(trained, tmp
     ds = generate.sample_trajectories(
         score,
         64,
-        time_cfg,
+        process.TimeGrid.from_settings(time_cfg),
         {"name": "euler_maruyama", "samples": 64},
         {"times": 3, "pairs": 16, "t_lo": 0.3},
         seed=4,

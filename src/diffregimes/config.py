@@ -258,11 +258,10 @@ def _check_run_sections(cfg: dict, name: str) -> None:
     if time["saved"] > time["steps"] + 1:
         raise ConfigError(key("time", "saved"), f"at most steps + 1 = {time['steps'] + 1}")
     if cloning.get("at"):
-        from .process import clone_indices_from_settings, time_grid
+        from .process import TimeGrid
 
-        grid = time_grid(time["T"], time["t_min"], time["steps"], time["spacing"])
         try:
-            clone_indices_from_settings(grid, cloning, time["T"])
+            TimeGrid.from_settings(time).clone_indices(cloning)
         except ValueError as err:
             raise ConfigError(key("cloning", "at"), str(err)) from None
     elif cloning["t_lo"] >= time["T"]:

@@ -88,7 +88,7 @@ def gaussian_fit(x, dtype=torch.float32, device="cpu") -> GaussianScore:
 def sample_trajectories(
     score_fn,
     d: int,
-    time_cfg: dict,
+    grid: process.TimeGrid,
     sampler_cfg: dict,
     clone_cfg: dict,
     seed: int,
@@ -111,7 +111,7 @@ def sample_trajectories(
     `progress(n_steps)` is called as integration steps complete (for a progress bar). A NaN or
     inf state raises FloatingPointError naming the step, its times and the run (main or the
     clones of one branch time)."""
-    grid, keep = process.grid_from_settings(time_cfg)
+    times, keep = grid.times, grid.saved
     gen = torch.Generator(device=device).manual_seed(seed)
     name = sampler_cfg["name"]
     samples = sampler_cfg["samples"]
@@ -121,12 +121,10 @@ def sample_trajectories(
     # max(samples, pairs) of them; the store keeps the first `samples` in full.
     x_T = samplers.prior_sample(max(samples, pairs), d, gen, device=device)
     clone_sampler = name if name in samplers.STOCHASTIC else "euler_maruyama"
-    # A DDPM grid ends, as Ho et al.'s sampler does, with a noisy step to t_1 and the noiseless
-    # x̂₀ step (below); other grids drop the noise of their last step (pitfall 1).
-    noisy_last = time_cfg["spacing"].startswith("ddpm_")
-    idx = process.clone_indices_from_settings(grid, clone_cfg, time_cfg["T"])
+    noisy_last = grid.noisy_last  # then x̂₀ is the noiseless step from t_1 (below)
+    idx = grid.clone_indices(clone_cfg)
     keep_at, clone_at = {int(k) for k in keep}, {int(k) for k in idx}
-    t_min = float(grid[-1])
+    t_min = float(times[-1])
     # With a stochastic sampler the main run's own continuation from a branch point is a clone
     # already (independent noise from the same state): one new copy per pair, half the cost.
     reuse_parent = clone_sampler == name
@@ -144,12 +142,12 @@ def sample_trajectories(
             stored_states[k] = _kept(x[:samples])
         if k not in clone_at:
             return
-        log.info("cloning %d pairs at t = %.4g", pairs, grid[k])
+        log.info("cloning %d pairs at t = %.4g", pairs, times[k])
         try:
             ends = samplers.clone(
                 score_fn,
                 x[:pairs],
-                grid,
+                times,
                 int(k),
                 clone_sampler,
                 gen,
@@ -158,17 +156,17 @@ def sample_trajectories(
                 noisy_last=noisy_last,
             )
         except FloatingPointError as err:  # its steps count from the branch point
-            raise FloatingPointError(f"{err} in the clones branched at t = {grid[k]:.6g}") from err
+            raise FloatingPointError(f"{err} in the clones branched at t = {times[k]:.6g}") from err
         hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min).reshape(ends.shape)
         observables(k, hat)  # copy 1 (and 0 without reuse); copy 0 of a reuse: below
         clones[k] = (_kept(ends[:, :stored]), _kept(hat[:, :stored]))
 
-    log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(grid) - 1)
+    log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(times) - 1)
     try:
         end, _ = samplers.sample(
             score_fn,
             x_T,
-            grid,
+            times,
             name,
             gen,
             save_idx=np.union1d(keep, idx),
@@ -224,9 +222,9 @@ def sample_trajectories(
         data,
         coords={
             "sample": np.arange(samples),
-            "time": grid[keep],
+            "time": times[keep],
             "feature": np.arange(d),
-            "clone_time": grid[idx],
+            "clone_time": times[idx],
             "pair": np.arange(stored),
             "clone_pair": np.arange(pairs),
             "copy": np.arange(2),
@@ -260,7 +258,7 @@ def sample_trajectories(
         ),
         seed_job=int(seed),
         device=str(device),
-        settings={"time": time_cfg, "sampler": sampler_cfg, "cloning": clone_cfg},
+        settings={"time": grid.settings, "sampler": sampler_cfg, "cloning": clone_cfg},
     )
     return ds
 
@@ -303,8 +301,7 @@ def clean_estimate(score_fn, x: torch.Tensor, t: float, batch: int = 4096) -> to
     return torch.cat(out) if out else torch.empty(0, x.shape[-1])
 
 
-def planned_steps(time_cfg: dict, clone_cfg: dict) -> int:
+def planned_steps(grid: process.TimeGrid, clone_cfg: dict) -> int:
     """Integration steps one sampling job takes (main run plus every clone run), for a bar."""
-    grid, _ = process.grid_from_settings(time_cfg)
-    idx = process.clone_indices_from_settings(grid, clone_cfg, time_cfg["T"])
+    idx = grid.clone_indices(clone_cfg)
     return (len(grid) - 1) + int(sum(len(grid) - 1 - k for k in idx))  # one bar tick a batch

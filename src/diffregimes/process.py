@@ -8,6 +8,7 @@ x(t) = a e^{−t} + √Δ_t z with Δ_t = 1 − e^{−2t}. Every time stored any
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -177,7 +178,41 @@ def clone_indices_from_settings(grid, clone_cfg: dict, T: float):
     return np.unique(idx)
 
 
-def grid_from_settings(time_cfg: dict):
-    """(integration grid, saved indices) from the workflow's `time` config section."""
-    grid = time_grid(time_cfg["T"], time_cfg["t_min"], time_cfg["steps"], time_cfg["spacing"])
-    return grid, saved_indices(len(grid), time_cfg["saved"])
+@dataclass(frozen=True, eq=False)
+class TimeGrid:
+    """One job's time axis, built once from its `time` config section and handed to whatever
+    in the job integrates, saves or clones on it.
+
+    `times` is the descending integration grid (float64, `time_grid`), `saved` the indices kept
+    in the trajectory store (`saved_indices`; a section without `saved`, like the probes',
+    keeps both ends), `settings` the section itself (its `T` places clone times, and it goes
+    into the store's attrs)."""
+
+    times: np.ndarray
+    saved: np.ndarray
+    settings: dict = field(repr=False)
+
+    @classmethod
+    def from_settings(cls, time_cfg: dict, steps: int | None = None) -> TimeGrid:
+        """The grid of a `time` section; `steps` replaces its step count (the training axis's
+        DDIM grid keeps the run's T, t_min and spacing)."""
+        steps = time_cfg["steps"] if steps is None else steps
+        times = time_grid(time_cfg["T"], time_cfg["t_min"], steps, time_cfg["spacing"])
+        return cls(times, saved_indices(len(times), time_cfg.get("saved", 2)), dict(time_cfg))
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @property
+    def saved_times(self) -> np.ndarray:
+        return self.times[self.saved]
+
+    @property
+    def noisy_last(self) -> bool:
+        """A DDPM grid ends, as Ho et al.'s sampler does, with a noisy step to t_1 followed by
+        the noiseless x̂₀ step; other grids drop the noise of their last step (pitfall 1)."""
+        return self.settings["spacing"].startswith("ddpm_")
+
+    def clone_indices(self, clone_cfg: dict) -> np.ndarray:
+        """Indices of the clone times of a `cloning` section (`clone_indices_from_settings`)."""
+        return clone_indices_from_settings(self.times, clone_cfg, self.settings["T"])

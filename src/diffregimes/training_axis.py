@@ -52,12 +52,6 @@ def score_errors(score_fn, reference, test_x, times, generator):
     )
 
 
-def ddim_grid(time_cfg: dict, steps: int) -> np.ndarray:
-    """The training axis's DDIM grid: `steps` steps from T to t_min with the run's spacing
-    (a DDPM spacing gives `steps` equally spaced steps of the 1000-step schedule)."""
-    return process.time_grid(time_cfg["T"], time_cfg["t_min"], steps, time_cfg["spacing"])
-
-
 def measure_training_axis(
     net: torch.nn.Module,
     checkpoints: dict,
@@ -66,7 +60,7 @@ def measure_training_axis(
     train: xr.Dataset,
     test: xr.Dataset,
     population,
-    time_cfg: dict,
+    grid: process.TimeGrid,
     seed: int,
     budget_bytes: int,
     device="cpu",
@@ -80,9 +74,10 @@ def measure_training_axis(
     the ones the model file records); `population` is the law's exact score, or None where the
     law is unknown; `references` maps a name (gaussian, a baseline's) to a further closed-form
     score the network is compared with by r² (SCIENCE.md §7), beside population and empirical."""
-    run_grid, keep = process.grid_from_settings(time_cfg)
-    times = run_grid[keep]
-    grid = ddim_grid(time_cfg, axis_cfg["ddim_steps"])
+    times = grid.saved_times  # the run's saved times: score errors, DSM gap, r²
+    # the DDIM grid: ddim_steps steps with the run's T, t_min and spacing (a DDPM spacing gives
+    # equally spaced steps of the 1000-step schedule)
+    ddim = process.TimeGrid.from_settings(grid.settings, steps=axis_cfg["ddim_steps"]).times
     level = axis_cfg.get("confidence_level", 0.95)
     steps = evaluated_steps(model_cfg, axis_cfg["checkpoints"])
     a = torch.as_tensor(train["x"].values, dtype=torch.float32, device=device)
@@ -118,8 +113,8 @@ def measure_training_axis(
         score = LearnedScore(net.to(device))
         gen = torch.Generator(device=device).manual_seed(seed)  # the same x_T at every step
         x_T = samplers.prior_sample(axis_cfg["samples"], a.shape[1], gen, device=device)
-        end, _ = samplers.sample(score, x_T, grid, "ddim", gen)
-        x_hat = samplers.denoised(score, end, float(grid[-1]))
+        end, _ = samplers.sample(score, x_T, ddim, "ddim", gen)
+        x_hat = samplers.denoised(score, end, float(ddim[-1]))
         dist, _ = nearest(x_hat, a, k=2, budget_bytes=budget_bytes)
         ratio = metrics.memorisation_ratio(dist[:, 0].cpu(), dist[:, 1].cpu())
         f_mem[j] = metrics.memorised_fraction(ratio, axis_cfg["memorisation_threshold"], level)
