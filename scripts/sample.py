@@ -1,29 +1,23 @@
 """Rule `sample`: backward trajectories and clones of one score on one data cell."""
 
-import functools
-
 import torch
 
-from diffregimes import generate, judge, process, store
-from diffregimes.device import job_device
-from diffregimes.joblog import Timer, cell_of, progress_bar, start_log
+from diffregimes import generate, process, store
+from diffregimes.joblog import Timer, cell_of, progress_bar, start_job
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-w, p = sm.wildcards, sm.params
-budget = sm.resources.budget_mb * 2**20  # the chunked kernels' memory budget
-log = start_log(sm.log[0], "sample")
-device = job_device(log, sm.threads, sm.resources.get("gpu"))
+w, p, inp = sm.wildcards, sm.params, sm.input
+job = start_job(sm.log[0], "sample", sm.threads, sm.resources)
+log, device, budget = job.log, job.device, job.budget
 
-train = store.open_store(sm.input.train, "training set", require=("x",))
+train = store.open_store(inp.train, "training set", require=("x",))
 seed = job_seed("sample", w.dataset, w.d, w.n, w.seed, w.score)
-model = sm.input.model[0] if sm.input.get("model") else None  # a learned score's weights
-judged = None  # images: the class judge labels every clone's x̂₀
-if sm.input.get("judge"):
-    net, _, _ = judge.load_judge(sm.input.judge[0], device)
-    judged = None if net is None else functools.partial(judge.judge_classes, net)
-classify = generate.classifier(train, judged)  # GMM: sign(m·x̂₀)
-score = generate.build_score(w.score, train, budget, device, model_path=model, baseline=p.baseline)
+model = inp.model[0] if inp.get("model") else None  # a learned score's weights
+# classify: sign(m·x̂₀) for the GMM; for images, the class judge labels every clone's x̂₀
+score, classify = generate.run_score(
+    w.score, train, budget, device, model, inp.judge[0] if inp.get("judge") else None, p.baseline
+)
 grid = process.TimeGrid.from_settings(p.time)  # the job's one time grid
 bar = progress_bar(generate.planned_steps(grid, p.cloning), "integration steps", sm.log[0])
 with Timer(log, f"sampling {w.score} score, job seed {seed}"):

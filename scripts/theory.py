@@ -1,15 +1,13 @@
 """Rule `theory`: spectrum, Λ, t_S and the excess entropy f^e(t) of one training set."""
 
 from diffregimes import process, store, theory_store
-from diffregimes.device import job_device
-from diffregimes.joblog import Timer, cell_of, progress_bar, start_log
+from diffregimes.joblog import Timer, cell_of, progress_bar, start_job
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
-budget = sm.resources.budget_mb * 2**20  # the chunked kernels' memory budget
-log = start_log(sm.log[0], "theory")
-device = job_device(log, sm.threads, sm.resources.get("gpu"))  # the Monte Carlo of f^e
+job = start_job(sm.log[0], "theory", sm.threads, sm.resources)  # a GPU for f^e's Monte Carlo
+log = job.log
 
 train = store.open_store(sm.input.train, "training set", require=("x",))
 grid = process.TimeGrid.from_settings(p.time)
@@ -23,11 +21,11 @@ with Timer(log, f"theory and f^e, job seed {seed}"):
         grid.saved_times,
         p.entropy_samples,
         seed,
-        budget,
+        job.budget,
         entropy_fraction=p.entropy_collapse_fraction,
         entropy_z=p.entropy_zero_se,
         n_boot=p.bootstrap,
-        device=device,
+        device=job.device,
         progress=bar.update,
         blur=blur,
     )

@@ -5,15 +5,14 @@ from pathlib import Path
 import torch
 
 from diffregimes import nets, store, train
-from diffregimes.device import job_device
-from diffregimes.joblog import Timer, cell_of, progress_bar, start_log
+from diffregimes.joblog import Timer, cell_of, progress_bar, start_job
 from diffregimes.seeds import array_digest, fingerprint, job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 MODEL_CODE = ("train", "nets", "process")
 w, p = sm.wildcards, sm.params
-log = start_log(sm.log[0], "train")
-device = job_device(log, sm.threads, sm.resources.get("gpu"))
+job = start_job(sm.log[0], "train", sm.threads, sm.resources)
+log, device = job.log, job.device
 
 data = store.open_store(sm.input.train, "training set", require=("x",))
 x = torch.as_tensor(data["x"].values, dtype=torch.float32)

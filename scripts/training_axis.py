@@ -2,15 +2,13 @@
 
 from diffregimes import generate, nets, process, store, training_axis
 from diffregimes.data import SYNTHETIC_KINDS
-from diffregimes.device import job_device
-from diffregimes.joblog import Timer, cell_of, start_log
+from diffregimes.joblog import Timer, cell_of, start_job
 from diffregimes.seeds import job_seed
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w, p = sm.wildcards, sm.params
-budget = sm.resources.budget_mb * 2**20  # the chunked kernels' memory budget
-log = start_log(sm.log[0], "training_axis")
-device = job_device(log, sm.threads, sm.resources.get("gpu"))
+job = start_job(sm.log[0], "training_axis", sm.threads, sm.resources)
+log, device, budget = job.log, job.device, job.budget
 
 train = store.open_store(sm.input.train, "training set", require=("x",))
 test = store.open_store(sm.input.test, "held-out set", require=("x",))

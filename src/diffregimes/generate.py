@@ -7,13 +7,14 @@ the first `pairs` trajectories at each clone time with independent noise.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 import torch
 import xarray as xr
 
-from . import process, samplers
+from . import judge, process, samplers
 from .scores import EmpiricalScore, GaussianScore, GMMScore, LocalScore
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,26 @@ def clone_observables(x_hat: torch.Tensor, train_x: torch.Tensor, classify, budg
     idx = nearest(x_hat, train_x, k=1, budget_bytes=budget_bytes)[1][:, 0].cpu()
     cls = None if classify is None else torch.as_tensor(classify(x_hat)).long().cpu()
     return idx, cls
+
+
+def run_score(
+    score: str,
+    train: xr.Dataset,
+    budget_bytes: int,
+    device,
+    model_path=None,
+    judge_path=None,
+    baseline: dict | None = None,
+):
+    """(score, classify) of one run: `build_score`, and the class of points for φ and the
+    probes (`classifier`), read off the class judge at `judge_path` for images (a judge
+    trained without classes gives None)."""
+    judged = None
+    if judge_path:
+        net, _, _ = judge.load_judge(judge_path, device)
+        judged = None if net is None else functools.partial(judge.judge_classes, net)
+    fn = build_score(score, train, budget_bytes, device, model_path=model_path, baseline=baseline)
+    return fn, classifier(train, judged)
 
 
 def classifier(train: xr.Dataset, judged=None):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 
+import torch
 from tqdm import tqdm
+
+from .device import job_device
 
 
 def start_log(path: str, stage: str) -> logging.Logger:
@@ -27,6 +31,25 @@ def start_log(path: str, stage: str) -> logging.Logger:
 
     sys.excepthook = log_the_error
     return log
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every job starts with: its log, its device and its kernels' memory budget."""
+
+    log: logging.Logger
+    device: torch.device
+    budget: int | None  # bytes, from the rule's `budget_mb` resource (None where it has none)
+
+
+def start_job(log_path: str, stage: str, threads: int, resources) -> Job:
+    """Start a job's log (`start_log`), pick its device from its `gpu` resource and thread
+    count (`device.job_device`) and read its memory budget (`budget_mb`, which by design never
+    changes results, so it is a resource and not a param)."""
+    log = start_log(log_path, stage)
+    budget_mb = resources.get("budget_mb")
+    budget = None if budget_mb is None else int(budget_mb) * 2**20
+    return Job(log, job_device(log, threads, resources.get("gpu")), budget)
 
 
 def progress_bar(total: int, desc: str, log_path: str | None = None):

@@ -90,6 +90,26 @@ def legend(ax, **kw):
         ax.legend(**kw)
 
 
+def finish(fig, legend_ax, title: str | None = None, **legend_kw):
+    """End a figure: the legend on `legend_ax` (`legend`), `title` over all panels if given,
+    a tight layout; returns the figure."""
+    legend(legend_ax, **legend_kw)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def log_axes(ax, plotted: bool = True, **labels) -> None:
+    """Log–log axes where points were drawn; a "no runs" note where none were (matplotlib cannot
+    log-scale an axis without positive data: every τ censored, or no width)."""
+    if plotted:
+        ax.set(xscale="log", yscale="log", **labels)
+    else:
+        no_runs(ax)
+        ax.set(**labels)
+
+
 def vline(ax, x, label, **kw):
     if np.isfinite(x):
         ax.axvline(x, label=label, **kw)

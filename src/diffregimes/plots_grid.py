@@ -10,7 +10,7 @@ import seaborn as sns
 import xarray as xr
 
 from . import theory
-from .plots import gmm_sigmas, legend, no_runs, panels_by_d, points, run_table
+from .plots import finish, gmm_sigmas, log_axes, no_runs, panels_by_d, points, run_table
 
 
 def speciation_curves(summary: xr.Dataset, score: str = "population"):
@@ -31,10 +31,9 @@ def speciation_curves(summary: xr.Dataset, score: str = "population"):
             ax.plot(best.clone_time, best.phi_theory, "k-", lw=1, label="theory (GMM)")
         ax.axhline(0.7752, color="red", lw=0.8, ls="--")
         ax.set(title=f"d = {d}", xlabel="clone time t", ylabel="φ(t)")
-    legend(axes[0][0], fontsize=7)
-    fig.suptitle(f"Speciation by cloning ({score} score); dotted: t_S = ½ log Λ")
-    fig.tight_layout()
-    return fig
+    return finish(
+        fig, axes[0][0], f"Speciation by cloning ({score} score); dotted: t_S = ½ log Λ", fontsize=7
+    )
 
 
 def measured_vs_theory(summary: xr.Dataset):
@@ -65,9 +64,7 @@ def measured_vs_theory(summary: xr.Dataset):
         lim = [0, float(np.nanmax(ok[[expected, measured]].to_numpy(), initial=1.0)) * 1.1]
         ax.plot(lim, lim, "k--", lw=0.8)
         ax.set(xlabel=f"{name}, theory", ylabel=f"{name}, measured", title=name)
-        legend(ax, fontsize=8)
-    fig.tight_layout()
-    return fig
+        return finish(fig, ax, fontsize=8)
 
 
 def speciation_table(summary: xr.Dataset) -> pd.DataFrame:
@@ -116,10 +113,8 @@ def excess_entropy(summary: xr.Dataset):
             )
             ax.axvline(float(run.t_C_theory), color=color, ls=":", lw=1)
         ax.set(xscale="log", title=f"d = {d}", xlabel="t", ylabel="f(t) / α")
-    legend(axes[0][0], fontsize=7)
-    fig.suptitle("Excess entropy: Monte Carlo f^e (points) and theory (lines); dotted: t_C")
-    fig.tight_layout()
-    return fig
+    title = "Excess entropy: Monte Carlo f^e (points) and theory (lines); dotted: t_C"
+    return finish(fig, axes[0][0], title, fontsize=7)
 
 
 def collapse_fractions(summary: xr.Dataset, score: str = "empirical"):
@@ -134,10 +129,7 @@ def collapse_fractions(summary: xr.Dataset, score: str = "empirical"):
             )
             ax.axvline(float(run.t_C_theory), color=line.get_color(), ls=":", lw=1)
         ax.set(xscale="log", title=f"d = {d}", xlabel="t", ylabel="collapsed fraction")
-    legend(axes[0][0], fontsize=7)
-    fig.suptitle(f"Collapse ({score} score); dotted: t_C theory")
-    fig.tight_layout()
-    return fig
+    return finish(fig, axes[0][0], f"Collapse ({score} score); dotted: t_C theory", fontsize=7)
 
 
 def collapse_vs_alpha(summary: xr.Dataset):
@@ -172,16 +164,9 @@ def collapse_vs_alpha(summary: xr.Dataset):
             lw=1,
             label=f"d → ∞ (GMM σ={sigma:g})",
         )
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="α = ln n / d",
-        ylabel="t_C",
-        title="Collapse time against α (o measured, x closed form at d)",
-    )
-    legend(ax, fontsize=6, ncol=2)
-    fig.tight_layout()
-    return fig
+    title = "Collapse time against α (o measured, x closed form at d)"
+    log_axes(ax, xlabel="α = ln n / d", ylabel="t_C", title=title)
+    return finish(fig, ax, fontsize=6, ncol=2)
 
 
 def phase_diagram(summary: xr.Dataset, score: str = "empirical"):
@@ -212,16 +197,9 @@ def phase_diagram(summary: xr.Dataset, score: str = "empirical"):
     for sigma in gmm_sigmas(summary):
         t_c = theory.collapse_time_gmm(np.exp(alphas), 1, sigma)  # depends on α = ln n/d only
         ax.plot(alphas, t_c, "k-", lw=1, label=f"t_C theory (GMM σ={sigma:g}, d→∞)")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="α = ln n / d",
-        ylabel="t",
-        title="Phase diagram: I above t_S (dotted), III below t_C",
-    )
-    legend(ax, fontsize=6, ncol=2)
-    fig.tight_layout()
-    return fig
+    title = "Phase diagram: I above t_S (dotted), III below t_C"
+    log_axes(ax, xlabel="α = ln n / d", ylabel="t", title=title)
+    return finish(fig, ax, fontsize=6, ncol=2)
 
 
 def grid_heatmaps(summary: xr.Dataset):
@@ -312,6 +290,4 @@ def n_needed(summary: xr.Dataset, eps: float, score: str = "empirical"):
         ylabel=f"n needed for t_C ≤ {eps:g}",
         title="Curse of dimensionality: n ~ e^{αd}",
     )
-    legend(ax, fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, fontsize=7)

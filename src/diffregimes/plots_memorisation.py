@@ -13,7 +13,7 @@ import seaborn as sns
 import xarray as xr
 
 from .memorisation import INTERVALS, fit_runs, learned_runs
-from .plots import legend, no_runs, panels_by_d
+from .plots import finish, log_axes, no_runs, panels_by_d
 
 TIME_SCALES = {
     "tau_mem": "τ_mem (f_mem)",
@@ -65,16 +65,6 @@ def scaling_table(summary: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _log_axes(ax, plotted: bool, **labels) -> None:
-    """Log–log axes where points were drawn; a "no runs" note where none were (matplotlib cannot
-    log-scale an axis without positive data: every τ censored, or no width)."""
-    if plotted:
-        ax.set(xscale="log", yscale="log", **labels)
-    else:
-        no_runs(ax)
-        ax.set(**labels)
-
-
 def _final(run, name):
     """A by-step variable at the run's last evaluated step."""
     ok = run.f_mem_by_step.notnull().values
@@ -105,10 +95,8 @@ def memorisation_by_step(summary: xr.Dataset):
             if np.isfinite(run.tau_mem):
                 ax.axvline(float(run.tau_mem), color=color, ls=":", lw=1)
         ax.set(xscale="log", title=f"d = {d}", xlabel="training step", ylabel="f_mem")
-    legend(axes[0][0], fontsize=7)
-    fig.suptitle("Memorisation along training (Wilson 95 % bands); dotted: τ_mem")
-    fig.tight_layout()
-    return fig
+    title = "Memorisation along training (Wilson 95 % bands); dotted: τ_mem"
+    return finish(fig, axes[0][0], title, fontsize=7)
 
 
 def memorisation_collapse(summary: xr.Dataset):
@@ -131,9 +119,7 @@ def memorisation_collapse(summary: xr.Dataset):
         where = f"{key['dataset']} d={key['d']} {key['score']}"
         row[0].set(xscale="log", xlabel="training step", ylabel="f_mem", title=where)
         row[1].set(xscale="log", xlabel="training step / n", title=f"{where}: against step/n")
-        legend(row[0], fontsize=7)
-    fig.tight_layout()
-    return fig
+        return finish(fig, row[0], fontsize=7)
 
 
 def time_scales_vs_n(summary: xr.Dataset):
@@ -168,11 +154,9 @@ def time_scales_vs_n(summary: xr.Dataset):
                 ax.plot(xs, fit["prefactor"] * xs ** fit["exponent"], "-", color=color, lw=1)
             ax.plot(n[cens], lo[cens], "^", color=color, ms=6, mfc="none")  # > last step
         title = f"{key['dataset']} d={key['d']} {key['score']}"
-        _log_axes(ax, plotted, xlabel="n", ylabel="training step", title=title)
-        legend(ax, fontsize=6)
-    fig.suptitle("Time scales against n (open triangles: never reached, > last step)")
-    fig.tight_layout()
-    return fig
+        log_axes(ax, plotted, xlabel="n", ylabel="training step", title=title)
+        heading = "Time scales against n (open triangles: never reached, > last step)"
+        return finish(fig, ax, heading, fontsize=6)
 
 
 def width_axis(summary: xr.Dataset):
@@ -196,11 +180,8 @@ def width_axis(summary: xr.Dataset):
             err = np.vstack([y - lo, hi - y])[:, ok]
             label = f"W = {w:g}"
             ax.errorbar(n[ok], y[ok], yerr=err, fmt="o", ms=4, capsize=2, color=color, label=label)
-        _log_axes(ax, plotted, xlabel="n", ylabel=f"{TIME_SCALES[tau]} · W")
-        legend(ax, fontsize=7)
-    fig.suptitle("The width axis: τ_mem ∝ n/W, τ_gen ∝ 1/W")
-    fig.tight_layout()
-    return fig
+        log_axes(ax, plotted, xlabel="n", ylabel=f"{TIME_SCALES[tau]} · W")
+        return finish(fig, ax, "The width axis: τ_mem ∝ n/W, τ_gen ∝ 1/W", fontsize=7)
 
 
 def phase_diagram_nw(summary: xr.Dataset, level: float = 0.1):
@@ -239,10 +220,8 @@ def phase_diagram_nw(summary: xr.Dataset, level: float = 0.1):
     if art is not None:
         fig.colorbar(art, ax=ax, label="f_mem at the last step")
     title = f"End of training: f_mem against {level:g}"
-    _log_axes(ax, art is not None, xlabel="n", ylabel="width W", title=title)
-    legend(ax, fontsize=7)
-    fig.tight_layout()
-    return fig
+    log_axes(ax, art is not None, xlabel="n", ylabel="width W", title=title)
+    return finish(fig, ax, fontsize=7)
 
 
 def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
@@ -277,10 +256,7 @@ def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
     for ax in axes.flat[runs:]:
         ax.set_visible(False)
     axes[0][0].set_ylabel("Δ_t ‖s_θ − s‖²/d")
-    legend(axes[0][0], fontsize=7)
-    fig.suptitle(f"Which score the network learns, at t = {t:.3g}")
-    fig.tight_layout()
-    return fig
+    return finish(fig, axes[0][0], f"Which score the network learns, at t = {t:.3g}", fontsize=7)
 
 
 # --- per-run figures (the run report) -----------------------------------------------------
@@ -352,7 +328,4 @@ def r2_vs_n(summary: xr.Dataset, t: float = R2_TIME):
         else:
             no_runs(ax)
         ax.set(title=f"d = {d}", xlabel="n", ylabel=f"r² at t ≈ {t:g}")
-    legend(axes[0][0], fontsize=7)
-    fig.suptitle("Which score the final network is closest to")
-    fig.tight_layout()
-    return fig
+    return finish(fig, axes[0][0], "Which score the final network is closest to", fontsize=7)

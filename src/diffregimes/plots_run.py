@@ -8,7 +8,7 @@ import numpy as np
 import seaborn as sns
 import xarray as xr
 
-from .plots import legend, points, vline
+from .plots import finish, legend, points, vline
 
 REGIME_COLOURS = {"I": "#9e9e9e", "II": "#1f77b4", "III": "#d62728"}
 
@@ -67,9 +67,7 @@ def run_speciation(m: xr.Dataset):
     )
     vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
     ax.set(xlabel="clone time t", ylabel="φ_C(t)", title="Clones end at the same training point")
-    legend(ax, fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, fontsize=7)
 
 
 def run_collapse(m: xr.Dataset):
@@ -96,9 +94,7 @@ def run_collapse(m: xr.Dataset):
         ax.plot(m.time, m.f_spectrum / alpha, ":", color="C2", lw=1, label="training spectrum")
     vline(ax, float(m.t_C_theory), "t_C theory", color="grey", ls=":")
     ax.set(xscale="log", xlabel="t", ylabel="f(t) / α", title="Excess entropy")
-    legend(ax, fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, fontsize=7)
 
 
 def projection(traj: xr.Dataset, train: xr.Dataset):
@@ -142,9 +138,7 @@ def run_trajectories(traj: xr.Dataset, train: xr.Dataset, m: xr.Dataset, shown: 
         title="Trajectories and their regimes",
     )
     ax.invert_xaxis()
-    legend(ax, fontsize=7, loc="upper left")
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, fontsize=7, loc="upper left")
 
 
 def _as_pictures(x: np.ndarray, train: xr.Dataset) -> np.ndarray:
@@ -188,9 +182,7 @@ def run_memorisation(m: xr.Dataset):
         title=f"Memorisation: f_mem = {float(m.f_mem):.3f} "
         f"[{float(m.f_mem_ci_low):.3f}, {float(m.f_mem_ci_high):.3f}]",
     )
-    legend(ax, fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, fontsize=7)
 
 
 def run_training(m: xr.Dataset, log: xr.Dataset):
@@ -213,9 +205,7 @@ def run_training(m: xr.Dataset, log: xr.Dataset):
     if bool(m.get("tau_mem_censored", False)):
         axes[1].set_title(f"f_mem never reached its level: τ_mem > {int(m.step.max())}", fontsize=8)
     axes[1].set(xscale="log", xlabel="step", ylabel="f_mem", title="Memorisation along training")
-    legend(axes[1], fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig, axes[1], fontsize=7)
 
 
 def run_probes(m: xr.Dataset):
@@ -273,6 +263,4 @@ def run_score_r2(m: xr.Dataset):
         ylabel="r²(s_θ, s_ref)",
         title=f"Which score the network learned (step {int(m.step.max())})",
     )
-    legend(ax, fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, fontsize=7)

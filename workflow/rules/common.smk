@@ -315,21 +315,17 @@ ESTIMATES = {}  # (rule, job) → (seconds, on a GPU, mem_mb): one entry per pla
 
 @functools.lru_cache(maxsize=None)
 def _grid(time_json):
-    """(integration steps, saved times) of a time section."""
+    """A time section's grid (process.TimeGrid), built once per section for the cost model."""
     from diffregimes import process
 
-    grid, keep = process.grid_from_settings(json.loads(time_json))
-    return len(grid) - 1, len(keep)
+    return process.TimeGrid.from_settings(json.loads(time_json))
 
 
 @functools.lru_cache(maxsize=None)
 def _clones(time_json, cloning_json):
     """(clone times, Σ over them of the steps left to t_min) of a time and cloning section."""
-    from diffregimes import process
-
-    time_cfg, cloning = json.loads(time_json), json.loads(cloning_json)
-    grid, _ = process.grid_from_settings(time_cfg)
-    idx = process.clone_indices_from_settings(grid, cloning, time_cfg["T"])
+    grid = _grid(time_json)
+    idx = grid.clone_indices(json.loads(cloning_json))
     return len(idx), int(sum(len(grid) - 1 - k for k in idx))
 
 
@@ -341,7 +337,8 @@ def job_cost(stage, w):
     """(Cost, on a GPU) of one job of a heavy rule, recorded for the dry run's table."""
     d, n, side = int(w.d), int(w.n), get_side(w)
     time_cfg = get_time(w)
-    steps, saved = _grid(_json(time_cfg))
+    grid = _grid(_json(time_cfg))
+    steps, saved = len(grid) - 1, len(grid.saved)
     if stage == "sample":
         cloning, sampler = get_cloning(w), get_sampler(w)
         clone_times, clone_steps = _clones(_json(time_cfg), _json(cloning))
