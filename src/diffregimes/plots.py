@@ -90,10 +90,11 @@ def legend(ax, **kw):
         ax.legend(**kw)
 
 
-def finish(fig, legend_ax, title: str | None = None, **legend_kw):
-    """End a figure: the legend on `legend_ax` (`legend`), `title` over all panels if given,
-    a tight layout; returns the figure."""
-    legend(legend_ax, **legend_kw)
+def finish(fig, legend_ax=None, title: str | None = None, **legend_kw):
+    """End a figure: the legend on `legend_ax` (`legend`; None where each panel drew its own),
+    `title` over all panels if given, a tight layout; returns the figure."""
+    if legend_ax is not None:
+        legend(legend_ax, **legend_kw)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -10,7 +10,7 @@ import seaborn as sns
 import xarray as xr
 
 from . import theory
-from .plots import finish, gmm_sigmas, log_axes, no_runs, panels_by_d, points, run_table
+from .plots import finish, gmm_sigmas, legend, log_axes, no_runs, panels_by_d, points, run_table
 
 
 def speciation_curves(summary: xr.Dataset, score: str = "population"):
@@ -64,7 +64,8 @@ def measured_vs_theory(summary: xr.Dataset):
         lim = [0, float(np.nanmax(ok[[expected, measured]].to_numpy(), initial=1.0)) * 1.1]
         ax.plot(lim, lim, "k--", lw=0.8)
         ax.set(xlabel=f"{name}, theory", ylabel=f"{name}, measured", title=name)
-        return finish(fig, ax, fontsize=8)
+        legend(ax, fontsize=8)
+    return finish(fig)
 
 
 def speciation_table(summary: xr.Dataset) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import seaborn as sns
 import xarray as xr
 
 from .memorisation import INTERVALS, fit_runs, learned_runs
-from .plots import finish, log_axes, no_runs, panels_by_d
+from .plots import finish, legend, log_axes, no_runs, panels_by_d
 
 TIME_SCALES = {
     "tau_mem": "τ_mem (f_mem)",
@@ -119,7 +119,8 @@ def memorisation_collapse(summary: xr.Dataset):
         where = f"{key['dataset']} d={key['d']} {key['score']}"
         row[0].set(xscale="log", xlabel="training step", ylabel="f_mem", title=where)
         row[1].set(xscale="log", xlabel="training step / n", title=f"{where}: against step/n")
-        return finish(fig, row[0], fontsize=7)
+        legend(row[0], fontsize=7)
+    return finish(fig)
 
 
 def time_scales_vs_n(summary: xr.Dataset):
@@ -155,8 +156,8 @@ def time_scales_vs_n(summary: xr.Dataset):
             ax.plot(n[cens], lo[cens], "^", color=color, ms=6, mfc="none")  # > last step
         title = f"{key['dataset']} d={key['d']} {key['score']}"
         log_axes(ax, plotted, xlabel="n", ylabel="training step", title=title)
-        heading = "Time scales against n (open triangles: never reached, > last step)"
-        return finish(fig, ax, heading, fontsize=6)
+        legend(ax, fontsize=6)
+    return finish(fig, title="Time scales against n (open triangles: never reached, > last step)")
 
 
 def width_axis(summary: xr.Dataset):
@@ -181,7 +182,8 @@ def width_axis(summary: xr.Dataset):
             label = f"W = {w:g}"
             ax.errorbar(n[ok], y[ok], yerr=err, fmt="o", ms=4, capsize=2, color=color, label=label)
         log_axes(ax, plotted, xlabel="n", ylabel=f"{TIME_SCALES[tau]} · W")
-        return finish(fig, ax, "The width axis: τ_mem ∝ n/W, τ_gen ∝ 1/W", fontsize=7)
+        legend(ax, fontsize=7)
+    return finish(fig, title="The width axis: τ_mem ∝ n/W, τ_gen ∝ 1/W")
 
 
 def phase_diagram_nw(summary: xr.Dataset, level: float = 0.1):
