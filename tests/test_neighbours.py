@@ -11,12 +11,11 @@ import torch
 from diffregimes import neighbours
 from diffregimes.neighbours import (
     BLOCK_ENTRIES,
+    SoftmaxKernel,
     block_sizes,
     chunk_sizes,
     half_sq_norms,
-    log_partition,
     nearest,
-    softmax_mean,
 )
 
 F64 = torch.float64
@@ -49,7 +48,7 @@ def test_softmax_mean_matches_direct(delta, budget):
     x, c = _data(37, 203, 5, seed=1)
     w = torch.softmax(_direct_logits(x, c, delta), dim=1)
     expected = w @ c
-    got = softmax_mean(x, c, delta, budget_bytes=budget)
+    got = SoftmaxKernel(c, budget).mean(x, delta)
     # float64: the expanded logits lose ~1e-16·‖x‖‖c‖/Δ ≈ 1e-11 at Δ = 1e-4; the weights inherit
     # that relative error, and the mean is a convex combination of O(1) centres
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
@@ -60,37 +59,40 @@ def test_softmax_mean_matches_direct(delta, budget):
 def test_log_partition_matches_direct(delta, budget):
     x, c = _data(37, 203, 5, seed=2)
     expected = torch.logsumexp(_direct_logits(x, c, delta), dim=1)
-    got = log_partition(x, c, delta, budget_bytes=budget)
+    got = SoftmaxKernel(c, budget).log_partition(x, delta)
     # values reach |log Z| ~ 1e5 at Δ = 1e-4 (far queries); the analytic ‖x‖²/(2Δ) term cancels
     # against the maximum with float64 round-off ~1e-16 · 1e5 relative to each term
     torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-9)
 
 
 @pytest.mark.parametrize("budget", [512, 2**20])
-def test_scaled_centres_and_precomputed_half_sq(budget):
-    # scale = e^{−t}: the result must be that of the explicitly scaled centres
+def test_scaled_centres_and_other_dtype(budget):
+    # scale = e^{−t}: the result must be that of the explicitly scaled centres; float32 centres
+    # queried in float64 are cast with their ½‖c‖² recomputed in float64
     x, c = _data(29, 101, 4, seed=8)
     s, delta = 0.37, 2e-3
-    half_sq = 0.5 * (c * c).sum(1)
-    w = torch.softmax(_direct_logits(x, s * c, delta), dim=1)
-    for hs in (None, half_sq):
-        got = softmax_mean(x, c, delta, budget, scale=s, half_sq=hs)
-        torch.testing.assert_close(got, w @ (s * c), rtol=1e-9, atol=1e-9)
-        lz = log_partition(x, c, delta, budget, scale=s, half_sq=hs)
-        expected = torch.logsumexp(_direct_logits(x, s * c, delta), dim=1)
+    for centres in (c, c.float()):
+        kernel = SoftmaxKernel(centres, budget)
+        ref = centres.double()
+        w = torch.softmax(_direct_logits(x, s * ref, delta), dim=1)
+        got = kernel.mean(x, delta, scale=s)
+        assert got.dtype == F64
+        torch.testing.assert_close(got, w @ (s * ref), rtol=1e-9, atol=1e-9)
+        lz = kernel.log_partition(x, delta, scale=s)
+        expected = torch.logsumexp(_direct_logits(x, s * ref, delta), dim=1)
         torch.testing.assert_close(lz, expected, rtol=1e-11, atol=1e-9)
 
 
 def test_softmax_mean_single_centre_and_far_point():
     c = torch.tensor([[1.0, -2.0, 0.5]], dtype=F64)
     x = torch.tensor([[100.0, 100.0, 100.0], [1.0, -2.0, 0.5]], dtype=F64)
-    got = softmax_mean(x, c, 1e-4, budget_bytes=64)
+    got = SoftmaxKernel(c, 64).mean(x, 1e-4)
     torch.testing.assert_close(got, c.expand(2, 3), rtol=0, atol=0)  # no overflow, no NaN
 
 
 def test_softmax_mean_float32_tiny_delta_finite():
     x, c = _data(64, 500, 8, seed=3, dtype=torch.float32)
-    got = softmax_mean(x, c, 1e-5, budget_bytes=4096)
+    got = SoftmaxKernel(c, 4096).mean(x, 1e-5)
     assert torch.isfinite(got).all()
     w = torch.softmax(_direct_logits(x, c, 1e-5), dim=1)
     # at Δ = 1e-5 each query has one overwhelmingly dominant centre, so the float32 result is

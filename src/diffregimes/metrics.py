@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 
 from . import process, theory
-from .neighbours import log_partition
+from .neighbours import SoftmaxKernel
 from .speciation import speciation_time_fit
 
 __all__ = [
@@ -247,8 +247,8 @@ def excess_entropy_empirical(
     −‖z‖²/2 to L, so the sum is log(1 + Σ_{ν≠μ} …) ≥ 0, whose variance is far smaller near and
     below t_C (and f^e ≥ 0 exactly, as it must be).
 
-    Accuracy: L is computed in float64 by ``neighbours.log_partition`` (chunked over samples and
-    centres, memory ≤ ``budget_bytes``), which splits −‖x − c‖²/(2Δ) = −‖x‖²/(2Δ) +
+    Accuracy: L is computed in float64 by ``neighbours.SoftmaxKernel.log_partition`` (chunked over
+    samples and centres, memory ≤ ``budget_bytes``), which splits −‖x − c‖²/(2Δ) = −‖x‖²/(2Δ) +
     (x·c − ½‖c‖²)/Δ, takes the log-sum-exp over the μ-dependent part with its maximum subtracted
     and adds −‖x‖²/(2Δ) back once per row. Each term has relative error ~1e-16, so L has absolute
     error ~1e-16 (‖x‖² + ‖c‖²)/Δ_t: < 1e-9 for ‖x‖² ~ 1e3 and Δ_t ≥ 1e-4, far below the Monte
@@ -292,13 +292,14 @@ def excess_entropy_empirical(
         scale = math.exp(-tk)
         dlt = process.blurred_variance(tk, blur)  # Γ_t (= Δ_t unblurred)
         centres = a * scale  # a^μ e^{−t}
+        kernel = SoftmaxKernel(centres, budget_bytes)
         lse = []
         mu = torch.randint(0, n, (n_mc,), generator=generator, device=dev)  # μ uniform
         for start in range(0, n_mc, rows):
             m = min(rows, n_mc - start)
             z = torch.randn(m, d, generator=generator, device=dev, dtype=torch.float64)
             x = centres[mu[start : start + m]] + math.sqrt(dlt) * z
-            lp = log_partition(x, centres, dlt, budget_bytes=budget_bytes)
+            lp = kernel.log_partition(x, dlt)
             lse.append(lp + 0.5 * (z * z).sum(1))  # control variate: E[‖z‖²/2] = d/2
             if progress is not None:
                 progress(m)

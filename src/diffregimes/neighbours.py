@@ -93,7 +93,7 @@ def _exp_shifted_(logits, m):
 
 
 def _softmax_blocks(x, centres, delta, budget_bytes, scale, half_sq, per_entry):
-    """The blocked-logits loop of `softmax_mean` and `log_partition`.
+    """The blocked-logits loop of `SoftmaxKernel.mean` and `SoftmaxKernel.log_partition`.
 
     Yields (i, xb, chunks) per block of rows xb = x[i : i + len(xb)]; `chunks` yields
     (c, p, rescale, m) per chunk c of centres, with p = exp(logits − m) (in place, in a block
@@ -103,8 +103,6 @@ def _softmax_blocks(x, centres, delta, budget_bytes, scale, half_sq, per_entry):
     product with a fused bias per chunk (`_product_fn`), then max, exp in place (Milakov &
     Gimelshein 2018)."""
     batch, n = x.shape[0], centres.shape[0]
-    if half_sq is None:
-        half_sq = half_sq_norms(centres)
     bs, cs = block_sizes(batch, n, budget_bytes, x.element_size(), per_entry, x.device.type)
     inv = 1.0 / delta
     bias = half_sq * (-(scale**2) * inv)
@@ -130,51 +128,61 @@ def _softmax_blocks(x, centres, delta, budget_bytes, scale, half_sq, per_entry):
         yield i, x[i : i + bs], chunks(x[i : i + bs])
 
 
-def softmax_mean(
-    x: torch.Tensor,
-    centres: torch.Tensor,
-    delta: float,
-    budget_bytes: int = DEFAULT_BUDGET_BYTES,
-    scale: float = 1.0,
-    half_sq: torch.Tensor | None = None,
-):
-    """Σ_μ w_μ s c_μ with w = softmax_μ(−‖x − s c_μ‖²/(2Δ)), for each row of x (s = `scale`).
+class SoftmaxKernel:
+    """The streamed softmax over a fixed set of centres c_μ (a training set, or all its
+    patches): weights w_μ ∝ exp(−‖x − s c_μ‖²/(2Δ)) per row of x, for any Δ and scale s.
 
-    `half_sq` = ½‖c_μ‖² may be passed precomputed (it does not depend on t). An online
-    (streaming) softmax over chunks of centres: a running maximum m, normaliser S and weighted
-    sum W are rescaled by e^{m_old − m_new} per chunk; W/S at the end. Per chunk: one matrix
-    product with a fused bias, then max, exp and sum in place, then W += p·c."""
-    out = torch.empty_like(x)
-    for i, xb, chunks in _softmax_blocks(x, centres, delta, budget_bytes, scale, half_sq, 3):
-        for c, p, rescale, _ in chunks:
-            if rescale is None:
-                s, w = p.sum(1, keepdim=True), p @ c
-            else:
-                s.mul_(rescale).add_(p.sum(1, keepdim=True))
-                w.mul_(rescale).addmm_(p, c)
-        out[i : i + xb.shape[0]] = w.div_(s).mul_(scale)
-    return out
+    Its two reductions, `mean` (Σ_μ w_μ s c_μ: the empirical score's denoiser) and
+    `log_partition` (log Σ_μ exp(·): log P_t^e), share one blocked loop (`_softmax_blocks`) and
+    ½‖c_μ‖², computed once here (it does not depend on t). An online softmax over chunks of
+    centres: the running maximum m, normaliser S (and weighted sum W) are rescaled by
+    e^{m_old − m_new} per chunk. Memory stays within `budget_bytes` whatever n is."""
 
+    def __init__(self, centres: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.centres = centres
+        self.budget_bytes = budget_bytes
+        self.half_sq = half_sq_norms(centres)
 
-def log_partition(
-    x: torch.Tensor,
-    centres: torch.Tensor,
-    delta: float,
-    budget_bytes: int = DEFAULT_BUDGET_BYTES,
-    scale: float = 1.0,
-    half_sq: torch.Tensor | None = None,
-):
-    """log Σ_μ exp(−‖x − s c_μ‖²/(2Δ)) per row of x, in the dtype of x (use float64 for f^e)."""
-    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    for i, xb, chunks in _softmax_blocks(x, centres, delta, budget_bytes, scale, half_sq, 2):
-        for _, p, rescale, m_run in chunks:
-            if rescale is None:
-                s = p.sum(1, keepdim=True)
-            else:
-                s.mul_(rescale).add_(p.sum(1, keepdim=True))
-            m = m_run
-        out[i : i + xb.shape[0]] = (m + torch.log(s))[:, 0] - 0.5 * (xb * xb).sum(1) * (1 / delta)
-    return out
+    def _cast(self, x):
+        """Centres and ½‖c‖² in the dtype of x (½‖c‖² recomputed there, so a float64 query
+        gets float64 norms, not float32 ones widened)."""
+        if x.dtype == self.centres.dtype:
+            return self.centres, self.half_sq
+        centres = self.centres.to(x.dtype)
+        return centres, half_sq_norms(centres)
+
+    def _sums(self, x, delta, scale, weighted):
+        """Per block of rows: (i, xb, S, W, m), W = Σ p c (None unless `weighted`)."""
+        centres, half_sq = self._cast(x)
+        per_entry = 3 if weighted else 2
+        blocks = _softmax_blocks(x, centres, delta, self.budget_bytes, scale, half_sq, per_entry)
+        for i, xb, chunks in blocks:
+            w = None
+            for c, p, rescale, m_run in chunks:
+                m = m_run  # the running row maximum after this chunk
+                if rescale is None:
+                    s = p.sum(1, keepdim=True)
+                    w = p @ c if weighted else None
+                else:
+                    s.mul_(rescale).add_(p.sum(1, keepdim=True))
+                    if weighted:
+                        w.mul_(rescale).addmm_(p, c)
+            yield i, xb, s, w, m
+
+    def mean(self, x: torch.Tensor, delta: float, scale: float = 1.0) -> torch.Tensor:
+        """Σ_μ w_μ s c_μ for each row of x, w = softmax_μ(−‖x − s c_μ‖²/(2Δ))."""
+        out = torch.empty_like(x)
+        for i, xb, s, w, _ in self._sums(x, delta, scale, weighted=True):
+            out[i : i + xb.shape[0]] = w.div_(s).mul_(scale)
+        return out
+
+    def log_partition(self, x: torch.Tensor, delta: float, scale: float = 1.0) -> torch.Tensor:
+        """log Σ_μ exp(−‖x − s c_μ‖²/(2Δ)) per row of x, in the dtype of x (float64 for f^e)."""
+        out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+        inv = 1 / delta
+        for i, xb, s, _, m in self._sums(x, delta, scale, weighted=False):
+            out[i : i + xb.shape[0]] = (m + torch.log(s))[:, 0] - 0.5 * (xb * xb).sum(1) * inv
+        return out
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .neighbours import DEFAULT_BUDGET_BYTES, log_partition, softmax_mean
+from .neighbours import DEFAULT_BUDGET_BYTES, SoftmaxKernel
 from .process import blurred_variance, delta
 
 LOG_2PI = math.log(2 * math.pi)
@@ -102,7 +102,7 @@ class EmpiricalScore:
     the training set blurred by N(0, σ_s² I), P_t = (1/n) Σ_μ N(a^μ e^{−t}, Γ_t I) with
     Γ_t = Δ_t + σ_s² e^{−2t} in place of Δ_t (σ_s = 0: the empirical score).
 
-    Chunked over n and over the batch by `neighbours.softmax_mean`, so memory stays within
+    Chunked over n and over the batch by `neighbours.SoftmaxKernel`, so memory stays within
     `budget_bytes` whatever n is, and the softmax never overflows at small Δ_t."""
 
     def __init__(
@@ -111,7 +111,7 @@ class EmpiricalScore:
         self.train = train
         self.budget_bytes = budget_bytes
         self.blur = float(blur)
-        self.half_sq = 0.5 * (train * train).sum(1)  # ½‖a^μ‖², reused at every t
+        self.kernel = SoftmaxKernel(train, budget_bytes)  # holds ½‖a^μ‖², reused at every t
 
     def variance(self, t: float) -> float:
         """Γ_t = Δ_t + σ_s² e^{−2t}: the variance of each blurred training point at time t."""
@@ -119,15 +119,13 @@ class EmpiricalScore:
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         var = self.variance(t)
-        # the dtype of x, as in log_density (`.to` is free when the dtypes already agree)
-        train, half_sq = self.train.to(x.dtype), self.half_sq.to(x.dtype)
-        mean = softmax_mean(x, train, var, self.budget_bytes, math.exp(-t), half_sq)
+        mean = self.kernel.mean(x, var, math.exp(-t))  # in the dtype of x, as log_density
         return (mean - x) / var
 
     def log_density(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """log P_t^e(x), in the dtype of x (pass float64 for the excess entropy)."""
         var, n, d = self.variance(t), self.train.shape[0], x.shape[1]
-        lse = log_partition(x, self.train.to(x.dtype), var, self.budget_bytes, math.exp(-t))
+        lse = self.kernel.log_partition(x, var, math.exp(-t))
         return lse - math.log(n) - 0.5 * d * (LOG_2PI + math.log(var))
 
 
@@ -144,7 +142,7 @@ class LocalScore:
     within `budget_bytes` (online softmax); the training images themselves are kept once.
 
     `equivariant` (ELS): the patch of a pixel is compared with the training patches at every
-    position, not only its own (the chunked `softmax_mean` over all n·side² training patches,
+    position, not only its own (the chunked `SoftmaxKernel.mean` over all n·side² training patches,
     kept unfolded: n·d·P² floats); each call costs side² times the LS one."""
 
     def __init__(
@@ -170,7 +168,7 @@ class LocalScore:
         if equivariant:  # every training patch at every position: n·d·P² floats, kept
             flat = self._patches(self.images)  # (L, n, C·P²)
             self.flat = flat.reshape(-1, flat.shape[-1])
-            self.flat_half_sq = 0.5 * (self.flat * self.flat).sum(-1)
+            self.kernel = SoftmaxKernel(self.flat, budget_bytes)
             # a pixel's value is the centre of the posterior-mean patch (channel-major order)
             self.centre_index = [ch * patch * patch + patch * patch // 2 for ch in range(c)]
 
@@ -224,8 +222,7 @@ class LocalScore:
         c, side, _ = self.shape
         positions, k = side * side, self.flat.shape[1]
         queries = self._patches(x.reshape(-1, c, side, side)).transpose(0, 1).reshape(-1, k)
-        flat, half_sq = self.flat.to(x.dtype), self.flat_half_sq.to(x.dtype)
-        mean = softmax_mean(queries, flat, dt, self.budget_bytes, scale, half_sq)  # e^{−t} Σ w a_P
+        mean = self.kernel.mean(queries, dt, scale)  # e^{−t} Σ w a_P
         hat = mean[:, self.centre_index] / scale  # (B·L, C)
         return hat.reshape(x.shape[0], positions, c).transpose(1, 2).reshape(x.shape[0], -1)
 
