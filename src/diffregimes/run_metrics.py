@@ -13,12 +13,14 @@ import math
 import numpy as np
 import torch
 import xarray as xr
+from scipy import stats
 
 from . import metrics, probes, process, theory
 from .data import law
 from .judge_correction import correctable, corrected_phi, speciation_threshold
 from .neighbours import half_sq_norms, nearest
 from .speciation import speciation_time_fit
+from .store import estimate
 
 log = logging.getLogger(__name__)
 
@@ -199,28 +201,19 @@ def run_metrics(
 
     ds = xr.Dataset(
         {
-            "phi_class": (("clone_time",), phi),
-            "phi_class_se": (("clone_time",), phi_se),
-            "phi_class_raw": (("clone_time",), phi_raw),
-            "phi_class_raw_se": (("clone_time",), phi_raw_se),
+            **estimate("phi_class", "clone_time", phi, se=phi_se),
+            **estimate("phi_class_raw", "clone_time", phi_raw, se=phi_raw_se),
             "phi_theory": (("clone_time",), phi_theory),
-            "phi_train": (("clone_time",), phi_train),
-            "phi_train_se": (("clone_time",), phi_train_se),
-            "collapse_fraction": (("time",), collapsed),
-            "collapse_fraction_ci_low": (("time",), collapsed_lo),
-            "collapse_fraction_ci_high": (("time",), collapsed_hi),
+            **estimate("phi_train", "clone_time", phi_train, se=phi_train_se),
+            **estimate("collapse_fraction", "time", collapsed, ci=(collapsed_lo, collapsed_hi)),
             "t_collapse": (("sample",), t_collapse),
             "nn_ratio": (("sample",), nn_ratio),
-            "t_S_measured": t_s,
-            "t_S_measured_se": t_s_se,
+            **estimate("t_S_measured", (), t_s, se=t_s_se),
             "t_S_no_crossing_fraction": no_cross,
             "t_S_interpolated": t_s_interp,
             "phi_threshold": threshold,
-            "t_C_measured": float(np.mean(t_collapse)),
-            "t_C_measured_se": float(np.std(t_collapse, ddof=1) / np.sqrt(len(t_collapse))),
-            "f_mem": f_mem,
-            "f_mem_ci_low": f_mem_lo,
-            "f_mem_ci_high": f_mem_hi,
+            **estimate("t_C_measured", (), np.mean(t_collapse), se=stats.sem(t_collapse)),
+            **estimate("f_mem", (), f_mem, ci=(f_mem_lo, f_mem_hi)),
             "phi_limit": phi_limit,
             "judge_accuracy": float(judge_accuracy),
         },

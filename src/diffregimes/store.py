@@ -24,6 +24,18 @@ COMPRESSOR = zarr.codecs.ZstdCodec(level=3)
 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
 
 
+def estimate(name: str, dims, value, se=None, ci=None) -> dict:
+    """Data variables of one estimate, named as every store names them: `name`, and `name_se`
+    (its standard error) or `name_ci_low`/`name_ci_high` (an interval), on dims `dims`."""
+    dims = (dims,) if isinstance(dims, str) else tuple(dims)
+    out = {name: (dims, value)}
+    if se is not None:
+        out[f"{name}_se"] = (dims, se)
+    if ci is not None:
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (dims, ci[0]), (dims, ci[1])
+    return out
+
+
 def _clean_attrs(attrs: dict) -> dict:
     """Zarr attrs are JSON: numpy scalars become Python numbers, dicts become JSON text."""
     out = {}

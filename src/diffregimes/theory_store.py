@@ -15,6 +15,7 @@ import xarray as xr
 
 from . import metrics, process, theory
 from .data import SYNTHETIC_KINDS, gaussian_spectrum, law, population_top_eigenvalue
+from .store import estimate
 
 log = logging.getLogger(__name__)
 
@@ -111,29 +112,26 @@ def theory_store(
         times, f_e, f_e_se, entropy_z, n_boot, np.random.default_rng(seed)
     )
 
+    level = metrics.collapse_time_entropy_level(times, f_e, alpha, entropy_fraction)
     ds = xr.Dataset(
-        {
-            "eigenvalue": (("component",), eig),
-            "f_excess": (("time",), f_e),
-            "f_excess_se": (("time",), f_e_se),
-            "f_theory": (("time",), f_theory),
-            "f_spectrum": (("time",), f_spectrum),
-            "Lambda": lam,
-            "Lambda_channel0": lam0,
-            "Lambda_all_channels": lam_all,
-            "Lambda_population": lam_pop,
-            "alpha": alpha,
-            "t_S_theory": theory.speciation_time(lam_s),
-            "t_S_gmm": t_s_gmm,
-            "t_S_ddpm": t_s_ddpm,
-            "k_S_ddpm": k_s,
-            "t_C_theory": t_c,
-            "t_C_entropy": t_c_e,
-            "t_C_entropy_se": t_c_e_se,
-            "t_C_entropy_level": metrics.collapse_time_entropy_level(
-                times, f_e, alpha, entropy_fraction
-            ),
-        },
+        dict(
+            eigenvalue=(("component",), eig),
+            **estimate("f_excess", "time", f_e, se=f_e_se),
+            f_theory=(("time",), f_theory),
+            f_spectrum=(("time",), f_spectrum),
+            Lambda=lam,
+            Lambda_channel0=lam0,
+            Lambda_all_channels=lam_all,
+            Lambda_population=lam_pop,
+            alpha=alpha,
+            t_S_theory=theory.speciation_time(lam_s),
+            t_S_gmm=t_s_gmm,
+            t_S_ddpm=t_s_ddpm,
+            k_S_ddpm=k_s,
+            t_C_theory=t_c,
+            **estimate("t_C_entropy", (), t_c_e, se=t_c_e_se),
+            t_C_entropy_level=level,
+        ),
         coords={"time": times, "component": np.arange(len(eig))},
     )
     ds["eigenvalue"].attrs["description"] = "covariance spectrum of the centred training data"
