@@ -6,7 +6,7 @@ import torch
 
 from diffregimes import nets, store, train
 from diffregimes.joblog import Timer, cell_of, progress_bar, start_job
-from diffregimes.seeds import array_digest, fingerprint, job_seed
+from diffregimes.seeds import job_seed, training_fingerprint
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 MODEL_CODE = ("train", "nets", "process")
@@ -24,28 +24,13 @@ net = nets.build_network(p.model, x.shape[1], shape)
 log.info("%s: %d parameters", p.model["arch"], sum(q.numel() for q in net.parameters()))
 folder = Path(sm.output.model).parent
 bar = progress_bar(p.model["steps"], "training steps", sm.log[0])
+# settings, the training data's content and the code that decides the model (this script,
+# train, nets, process; not the I/O): a rerun after a change never resumes stale work
+code = [f for f in sm.input.code if Path(f).stem in MODEL_CODE]
+key = training_fingerprint(p.model, p.time, seed, data["x"].values, code)
 with Timer(log, f"training {w.model}, job seed {seed}"):
     result = train.train(
-        net,
-        x,
-        p.model,
-        p.time,
-        seed,
-        folder,
-        # settings, the training data's content and the training code: a rerun after a change
-        # never resumes stale work
-        fingerprint(
-            p.model,
-            p.time,
-            seed,
-            data.attrs["n"],
-            data.attrs["d"],
-            array_digest(data["x"].values),
-            # the code that decides the model (this script, train, nets, process), not the I/O
-            [Path(f).read_text() for f in sm.input.code if Path(f).stem in MODEL_CODE],
-        ),
-        device,
-        progress=lambda step: bar.update(step - bar.n),
+        net, x, p.model, p.time, seed, folder, key, device, progress=lambda k: bar.update(k - bar.n)
     )
 bar.close()
 # the checkpoints are recorded in the declared model file: training_axis reads them through it

@@ -34,3 +34,14 @@ def array_digest(a) -> str:
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+def training_fingerprint(settings: dict, time: dict, seed: int, x, code_paths) -> str:
+    """The resume fingerprint of a training job: the model settings, the time span, the seed,
+    the training data's content (`array_digest`, not a timestamp) and the text of the code that
+    decides the model; a rerun after a change to any of them never resumes stale work."""
+    from pathlib import Path
+
+    n, d = x.shape
+    code = [Path(f).read_text() for f in code_paths]
+    return fingerprint(settings, time, seed, int(n), int(d), array_digest(x), code)
