@@ -30,7 +30,7 @@ with Timer(log, f"sampling {w.score} score, job seed {seed}"):
             p.cloning,
             seed,
             device,
-            progress=lambda _: bar.update(),
+            progress=bar.update,
             train_x=torch.as_tensor(train["x"].values, dtype=torch.float32, device=device),
             classify=classify,
             budget_bytes=budget,

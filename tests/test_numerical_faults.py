@@ -53,15 +53,21 @@ def test_tested_runs_draw_the_same_numbers():
 
 
 def test_nan_in_a_clone_run_names_the_branch_time():
-    """Clone runs have their own batch (one new copy of each of the 4 pairs, the parent's own
-    continuation being the other): poison only those below t = 0.5."""
+    """The clones of every branch time run as one growing batch (one new copy of each of the 4
+    pairs, the parent's own continuation being the other; branch times 4, 2.0538 and 0.0475, so
+    rows 0–3, 4–7, 8–11): poison only rows 4 on below t = 0.5. The error names the step from
+    t = 0.4988 and the branch time of row 4, 2.0538."""
 
     def score(x, t):
-        return torch.full_like(x, float("nan")) if len(x) == 4 and t < 0.5 else -x
+        out = -x
+        if t < 0.5 and len(x) > 4 and len(x) <= 12:  # the clones' batch, not the main run's 16
+            out[4:] = float("nan")
+        return out
 
     time_cfg = {"T": 4.0, "t_min": 1e-3, "steps": 40, "saved": 10, "spacing": "log_snr"}
     clone_cfg = {"times": 3, "pairs": 4, "t_lo": 0.05}
-    with pytest.raises(FloatingPointError, match=r"at step \d+ of \d+ \(t = 0\.4.* in the clones "):
+    where = r"at step 22 of 40 \(t = 0\.498854 → .* in the clones branched at t = 2\.0538$"
+    with pytest.raises(FloatingPointError, match=where):
         generate.sample_trajectories(
             score,
             3,

@@ -17,6 +17,10 @@ import xarray as xr
 from . import judge, process, samplers
 from .scores import EmpiricalScore, GaussianScore, GMMScore, LocalScore
 
+# A clone row's bytes in the growing batch: float32, the state and some seven temporaries of a
+# step (the score, the noise, the next state, the kernels' per-row sums).
+CLONE_ROW_BYTES = 4 * 8
+
 log = logging.getLogger(__name__)
 
 
@@ -102,16 +106,17 @@ def sample_trajectories(
     """Run the sampler and the clones; return the trajectory store's Dataset.
 
     What is kept scales with what the metrics need, not with d × trajectories: the states at
-    the saved times for the first `samples` trajectories; the clones of each branch time run
-    while the main run waits there (host memory holds one clone batch at a time); for every
-    clone, the nearest training point of its x̂₀ (`clone_nearest`, against `train_x`) and
-    its class (`clone_class`, by `classify`: sign(m·x̂₀) for the GMM, `gmm_classifier`, or
-    the class judge of images); the clone end points themselves for the first
-    `cloning.stored_pairs` pairs (default all).
+    the saved times for the first `samples` trajectories; the clones of every branch time run
+    after the main run as one growing batch (`samplers.clone_branches`, in waves of at most
+    `budget_bytes` / (CLONE_ROW_BYTES·d) rows); for every clone, the nearest training point
+    of its x̂₀ (`clone_nearest`, against `train_x`) and its class (`clone_class`, by
+    `classify`: sign(m·x̂₀) for the GMM, `gmm_classifier`, or the class judge of images); the
+    clone end points themselves for the first `cloning.stored_pairs` pairs (default all).
 
-    `progress(n_steps)` is called as integration steps complete (for a progress bar). A NaN or
-    inf state raises FloatingPointError naming the step, its times and the run (main or the
-    clones of one branch time)."""
+    `progress(m)` is called as integration steps complete, m at a time (one per step of the
+    main run, one per branch time a step of the clones' batch advances: `planned_steps`). A
+    NaN or inf state raises FloatingPointError naming the step, its times and the run (the
+    main run, or the branch time of the first clone that went bad)."""
     times, keep = grid.times, grid.saved
     gen = torch.Generator(device=device).manual_seed(seed)
     name = sampler_cfg["name"]
@@ -138,29 +143,13 @@ def sample_trajectories(
             if cls is not None:
                 classes[k] = cls.reshape(hat.shape[:2])
 
-    def observe(k, x):  # the main run waits here while the clones of this time run
+    branch_states = {}
+
+    def observe(k, x):  # the main run keeps its saved states and the clones' branch points
         if k in keep_at:
             stored_states[k] = _kept(x[:samples])
-        if k not in clone_at:
-            return
-        log.info("cloning %d pairs at t = %.4g", pairs, times[k])
-        try:
-            ends = samplers.clone(
-                score_fn,
-                x[:pairs],
-                times,
-                int(k),
-                clone_sampler,
-                gen,
-                copies=1 if reuse_parent else 2,
-                callback=progress,
-                noisy_last=noisy_last,
-            )
-        except FloatingPointError as err:  # its steps count from the branch point
-            raise FloatingPointError(f"{err} in the clones branched at t = {times[k]:.6g}") from err
-        hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min).reshape(ends.shape)
-        observables(k, hat)  # copy 1 (and 0 without reuse); copy 0 of a reuse: below
-        clones[k] = (_kept(ends[:, :stored]), _kept(hat[:, :stored]))
+        if k in clone_at:
+            branch_states[k] = x[:pairs].clone()
 
     log.info("sampling %d trajectories with %s over %d steps", len(x_T), name, len(times) - 1)
     try:
@@ -171,14 +160,29 @@ def sample_trajectories(
             name,
             gen,
             save_idx=np.union1d(keep, idx),
-            callback=progress,
+            callback=None if progress is None else (lambda _: progress(1)),
             noisy_last=noisy_last,
             observe=observe,
         )
     except FloatingPointError as err:
-        if "clones branched" in str(err):
-            raise
         raise FloatingPointError(f"{err} in the main run of {len(x_T)} trajectories") from err
+    copies = 1 if reuse_parent else 2
+    log.info("cloning %d pairs at %d times as one growing batch", pairs, len(idx))
+    branch_ends = samplers.clone_branches(
+        score_fn,
+        branch_states,
+        times,
+        clone_sampler,
+        gen,
+        copies=copies,
+        callback=progress,
+        noisy_last=noisy_last,
+        max_rows=max(copies * pairs, budget_bytes // (CLONE_ROW_BYTES * d)),
+    )
+    for k, ends in branch_ends:  # one wave's ends at a time
+        hat = clean_estimate(score_fn, ends.reshape(-1, d), t_min).reshape(ends.shape)
+        observables(k, hat)  # copy 1 (and 0 without reuse); copy 0 of a reuse: below
+        clones[k] = (_kept(ends[:, :stored]), _kept(hat[:, :stored]))
     traj = torch.stack([stored_states[int(k)] for k in keep])
     x_hat = clean_estimate(score_fn, end[:samples], t_min)
     if reuse_parent:  # copy 0 of every clone time: the parent's end

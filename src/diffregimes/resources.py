@@ -97,8 +97,9 @@ def sample_cost(
     """A sample job: the main run of max(samples, pairs) trajectories over the grid, and
     `clone_steps` = Σ over the `clone_times` of the steps left, for one (stochastic sampler) or
     two new copies per pair; the nearest training point of every clone's x̂₀. Memory: the main
-    batch and one clone batch with their temporaries, the kept states, the stored clone end
-    points and their x̂₀, the training set and the kernels' budget. `score` is the score's
+    batch and one wave of the clones' growing batch with their temporaries, the kept states
+    and branch states, the stored clone end points and their x̂₀, the training set and the
+    kernels' budget. `score` is the score's
     name or a baseline's kind (smoothed, local), `arch` the model's or the baseline's entry."""
     samples, pairs = sampler_cfg["samples"], cloning["pairs"]
     steps = time_cfg["steps"]
@@ -120,7 +121,10 @@ def sample_cost(
     nearest = 2.0 * n * d * 2 * pairs * clone_times
     batch = max(samples, pairs)
     stored = cloning.get("stored_pairs") or pairs
-    memory = 4.0 * d * (8 * batch + 8 * copies * pairs + samples * saved + n)
+    # the clones' growing batch: waves of at most max(one branch's rows, budget / (32 d)) rows
+    # (generate.CLONE_ROW_BYTES), and the branch states the main run keeps for them
+    wave = min(copies * pairs * max(clone_times, 1), max(copies * pairs, budget // (32 * d)))
+    memory = 4.0 * d * (8 * batch + 8 * wave + pairs * clone_times + samples * saved + n)
     memory += 4.0 * d * 2 * 2 * stored * clone_times
     if score == "local" and (arch or {}).get("equivariant"):  # ELS keeps every patch unfolded
         memory += 4.0 * n * d * arch.get("patch", 1) ** 2

@@ -15,6 +15,8 @@ denoised estimate by x̂₀ = (x + Δ_t s) e^{t} (Tweedie's formula).
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 from collections.abc import Callable
 
@@ -155,8 +157,13 @@ def sample(
     check_every: int | None = None,
     noisy_last: bool = False,
     observe: Callable[[int, torch.Tensor], None] | None = None,
+    join: dict[int, torch.Tensor] | None = None,
 ):
     """Integrate from x at times[0] down the descending grid `times` to times[-1].
+
+    With `join`, the rows join[k] are appended to the batch when it reaches grid index k
+    (before the step from times[k]): one growing batch for runs that start at other times
+    (the clones of every branch time, `clone_branches`). Only for samplers without state.
 
     Returns the final state and, if `save_idx` is given, a float32 CPU tensor
     (len(save_idx), batch, d) of the states at those grid indices. With `observe`, the states
@@ -176,6 +183,9 @@ def sample(
     The test costs < 1 % of a sampling step on the CPU."""
     step = SAMPLERS[sampler]
     times = [float(t) for t in times]
+    join = {int(k): v for k, v in (join or {}).items()}
+    if join and sampler not in STOCHASTIC:
+        raise ValueError(f"rows can join only a run without state {sorted(STOCHASTIC)}")
     saved, where = [], set() if save_idx is None else {int(i) for i in save_idx}
     if check_every is None:
         check_every = 8 if x.device.type == "cpu" else 32
@@ -192,15 +202,19 @@ def sample(
     finite = (0, x, state, _rng_state(generator))  # the last state known to be finite
     for k in range(len(times) - 1):
         last = k == len(times) - 2
+        if k in join:
+            x = torch.cat([x, join[k]])
         x, state = step(score, x, times[k], times[k + 1], generator, state, last and not noisy_last)
         if (k + 1) % check_every == 0 or last or k + 1 in where:
             if not _is_finite(x):
-                raise _locate(score, sampler, times, finite, generator, k + 1, noisy_last)
+                raise _locate(score, sampler, times, finite, generator, k + 1, noisy_last, join)
             if k + 1 in where:
                 keep(k + 1, x)
             finite = (k + 1, x, state, _rng_state(generator))
         if callback is not None:
             callback(k + 1)
+    if len(times) - 1 in join:  # rows that join at the end have no step left
+        x = torch.cat([x, join[len(times) - 1]])
     if observe is not None:
         return x, None
     traj = torch.stack(saved) if saved else None
@@ -217,21 +231,35 @@ def _rng_state(generator):
     return None if generator is None else generator.get_state()
 
 
-def _locate(score, sampler, times, finite, generator, upto, noisy_last=False) -> FloatingPointError:
+class NonFiniteState(FloatingPointError):
+    """NaN or inf in a sampler's state: the message names the step and its times; `row` is
+    the first row of the batch that is not finite (None where the replay stayed finite)."""
+
+    def __init__(self, message: str, row: int | None = None):
+        super().__init__(message)
+        self.row = row
+
+
+def _locate(score, sampler, times, finite, generator, upto, noisy_last=False, join=None):
     """Replay the steps after the last finite state to the step where NaN/inf first appears,
-    drawing the same noise as `sample` did (the last step's only if `noisy_last`)."""
+    drawing the same noise as `sample` did (the last step's only if `noisy_last`), with the
+    same rows joining; returns a NonFiniteState naming the step and the first bad row."""
     k0, x, state, rng = finite
     if rng is not None:
         generator.set_state(rng)
     for k in range(k0, upto):
         last = k == len(times) - 2 and not noisy_last
+        if join and k in join:
+            x = torch.cat([x, join[k]])
         x, state = SAMPLERS[sampler](score, x, times[k], times[k + 1], generator, state, last)
         if not _is_finite(x):
-            return FloatingPointError(
+            row = int(torch.nonzero(~torch.isfinite(x).all(1))[0, 0])
+            return NonFiniteState(
                 f"sampler {sampler!r} produced NaN/inf at step {k + 1} of {len(times) - 1} "
-                f"(t = {times[k]:.6g} → {times[k + 1]:.6g})"
+                f"(t = {times[k]:.6g} → {times[k + 1]:.6g})",
+                row,
             )
-    return FloatingPointError(  # the replay stayed finite (a score that is not reproducible)
+    return NonFiniteState(  # the replay stayed finite (a score that is not reproducible)
         f"sampler {sampler!r} produced NaN/inf between steps {k0 + 1} and {upto} of "
         f"{len(times) - 1} (t = {times[k0]:.6g} → {times[upto]:.6g})"
     )
@@ -269,3 +297,72 @@ def clone(
         noisy_last=noisy_last,
     )
     return end.reshape(copies, pairs, -1)
+
+
+def clone_branches(
+    score: Score,
+    starts: dict[int, torch.Tensor],
+    times,
+    sampler: str = "euler_maruyama",
+    generator: torch.Generator | None = None,
+    copies: int = 2,
+    callback=None,
+    noisy_last: bool = False,
+    max_rows: int | None = None,
+):
+    """The clones of every branch time as one growing batch: `starts[k]` (pairs, d), the
+    states at grid index k, continue as `copies` copies each to times[-1], the copies of a
+    later branch time joining the batch when it gets there (`sample`'s `join`). The same
+    integration steps as `clone` per branch time, in far fewer and larger score calls.
+
+    Branch times go in waves of consecutive ones whose rows sum to at most `max_rows` (at
+    least one branch time a wave; None: one wave). Yields (k, ends (copies, pairs, d)) as each
+    wave ends, so a caller holds one wave's ends at a time. A NaN or
+    inf raises NonFiniteState whose message ends with the branch time of the first bad row.
+    `callback(m)` after each step: m, the branch times that step advanced."""
+    if sampler not in STOCHASTIC:
+        raise ValueError(
+            f"cloning needs a stochastic sampler ({sorted(STOCHASTIC)}), not {sampler}"
+        )
+    times = [float(t) for t in times]
+    waves, rows = [], 0
+    for k in sorted(starts):
+        size = copies * starts[k].shape[0]
+        if not waves or (max_rows is not None and rows + size > max_rows):
+            waves.append([])
+            rows = 0
+        waves[-1].append(k)
+        rows += size
+    for wave in waves:
+        k0 = wave[0]
+        # the step to grid index j advances the branches joined at indices < j
+        ticks = None if callback is None else functools.partial(_ticks, callback, wave, k0)
+        first, *rest = (starts[k].repeat(copies, 1) for k in wave)
+        join = {k - k0: x for k, x in zip(wave[1:], rest, strict=True)}
+        try:
+            end, _ = sample(
+                score,
+                first,
+                times[k0:],
+                sampler,
+                generator,
+                callback=ticks,
+                noisy_last=noisy_last,
+                join=join,
+            )
+        except NonFiniteState as err:
+            if err.row is None:
+                raise
+            edges = torch.tensor([copies * starts[k].shape[0] for k in wave]).cumsum(0)
+            k = wave[int(torch.searchsorted(edges, err.row, right=True))]
+            raise NonFiniteState(f"{err} in the clones branched at t = {times[k]:.6g}") from err
+        offset = 0
+        for k in wave:
+            size = copies * starts[k].shape[0]
+            yield k, end[offset : offset + size].reshape(copies, starts[k].shape[0], -1)
+            offset += size
+
+
+def _ticks(callback, wave, k0, j):
+    """Report the branch times advanced by the clones' step to grid index k0 + j."""
+    callback(bisect.bisect_left(wave, k0 + j))
