@@ -3,6 +3,10 @@ workflow per test session."""
 
 from __future__ import annotations
 
+import json
+import re
+import time
+
 import pytest
 import torch
 from workflow_helpers import snakemake
@@ -21,7 +25,12 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """The tiny config (tests/config/tiny.yaml) run end to end in a temporary directory."""
+    """The tiny config (tests/config/tiny.yaml) run end to end in a temporary directory; its
+    job count and wall time are in `timing.json` there (the SLURM test prints them)."""
     workdir = tmp_path_factory.mktemp("tiny")
-    snakemake(workdir)
+    start = time.monotonic()
+    proc = snakemake(workdir)
+    seconds = time.monotonic() - start
+    jobs = int(re.findall(r"^\d+ of (\d+) steps", proc.stdout + proc.stderr, flags=re.M)[-1])
+    (workdir / "timing.json").write_text(json.dumps({"jobs": jobs, "seconds": seconds}))
     return workdir

@@ -19,10 +19,16 @@ IMAGES = ROOT / "tests" / "config" / "images.yaml"
 HAVE_FMNIST = Path(image_files.FASHION_MNIST_PATH).is_dir()
 
 
+# Every cell's stores through the grid's summary, and one report: the other reports are the
+# same notebooks on other stores, and the tiny run's browser test loads every report and the
+# index.
+TARGETS = ("results/summary.zarr", "results/reports/runs/digits/d64/n128/s0/empirical.html")
+
+
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("images")
-    proc = snakemake(workdir, config=IMAGES)
+    proc = snakemake(workdir, *TARGETS, config=IMAGES)
     return workdir, proc.stdout + proc.stderr
 
 
@@ -95,7 +101,6 @@ def test_image_reports_show_samples_beside_training_images(image_run):
     assert html.count("data:image/png;base64") >= 5  # speciation ... + the image grid
     summary = xr.open_zarr(results / "summary.zarr")
     assert "digits" in set(summary.dataset.values.tolist())
-    assert "digits" in (results / "index.html").read_text()
 
 
 def test_fashion_mnist_end_to_end(image_run):

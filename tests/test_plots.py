@@ -62,7 +62,15 @@ def test_every_grid_figure_draws_on_a_cut_of_the_grid(summary, cut):
         if fig is None:  # a figure with nothing to show (no learned score) returns None
             continue
         assert fig.axes, f"{draw} drew no axes for the cut {cut!r}"
+        blank = [i for i, ax in enumerate(fig.axes) if not _drawn(ax)]
+        assert not blank, f"{draw}: panels {blank} of {len(fig.axes)} left blank ({cut!r})"
         plt.close(fig)
+
+
+def _drawn(ax) -> bool:
+    """A panel shows something: data, a "no runs" note, or it was switched off on purpose (a
+    figure that returned before its last panel leaves the rest blank, with visible axes)."""
+    return ax.has_data() or bool(ax.texts) or not ax.axison or not ax.get_visible()
 
 
 def test_rendered_notebook_is_quiet_on_the_console(tmp_path):
