@@ -325,9 +325,9 @@ def clone_branches(
             f"cloning needs a stochastic sampler ({sorted(STOCHASTIC)}), not {sampler}"
         )
     times = [float(t) for t in times]
+    sizes = {k: copies * starts[k].shape[0] for k in sorted(starts)}  # a branch's rows
     waves, rows = [], 0
-    for k in sorted(starts):
-        size = copies * starts[k].shape[0]
+    for k, size in sizes.items():
         if not waves or (max_rows is not None and rows + size > max_rows):
             waves.append([])
             rows = 0
@@ -353,14 +353,11 @@ def clone_branches(
         except NonFiniteState as err:
             if err.row is None:
                 raise
-            edges = torch.tensor([copies * starts[k].shape[0] for k in wave]).cumsum(0)
+            edges = torch.tensor([sizes[k] for k in wave]).cumsum(0)
             k = wave[int(torch.searchsorted(edges, err.row, right=True))]
             raise NonFiniteState(f"{err} in the clones branched at t = {times[k]:.6g}") from err
-        offset = 0
-        for k in wave:
-            size = copies * starts[k].shape[0]
-            yield k, end[offset : offset + size].reshape(copies, starts[k].shape[0], -1)
-            offset += size
+        for k, rows_k in zip(wave, end.split([sizes[k] for k in wave]), strict=True):
+            yield k, rows_k.reshape(copies, starts[k].shape[0], -1)
 
 
 def _ticks(callback, wave, k0, j):

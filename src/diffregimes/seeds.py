@@ -6,6 +6,7 @@ The derivation is a hash of the parts, stable across Python processes (unlike `h
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 
 def job_seed(*parts) -> int:
@@ -40,8 +41,6 @@ def training_fingerprint(settings: dict, time: dict, seed: int, x, code_paths) -
     """The resume fingerprint of a training job: the model settings, the time span, the seed,
     the training data's content (`array_digest`, not a timestamp) and the text of the code that
     decides the model; a rerun after a change to any of them never resumes stale work."""
-    from pathlib import Path
-
     n, d = x.shape
     code = [Path(f).read_text() for f in code_paths]
     return fingerprint(settings, time, seed, int(n), int(d), array_digest(x), code)
