@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from diffregimes.process import time_grid
-from diffregimes.samplers import STOCHASTIC, clone, clone_branches, prior_sample
+from diffregimes.samplers import (
+    STOCHASTIC,
+    RowStreams,
+    branch_generators,
+    clone,
+    clone_branches,
+    prior_sample,
+)
 from diffregimes.scores import GMMScore
 
 F64 = torch.float64
@@ -23,23 +30,35 @@ def _starts(seed=3, pairs=5):
 
 
 @pytest.mark.parametrize("name", sorted(STOCHASTIC))
-def test_one_branch_time_is_the_clone_run(name):
-    starts = {17: _starts()[17]}
-    got = dict(clone_branches(SCORE, starts, GRID, name, torch.Generator().manual_seed(9)))
-    want = clone(SCORE, starts[17], GRID, 17, name, torch.Generator().manual_seed(9), copies=2)
-    assert torch.equal(got[17], want)
-
-
-@pytest.mark.parametrize("name", sorted(STOCHASTIC))
-def test_waves_of_one_branch_time_are_the_clone_runs_in_turn(name):
-    """max_rows of one branch's rows: every wave is one branch time, drawing its noise in turn
-    from the same generator, as `clone` did one branch time after another."""
+@pytest.mark.parametrize("max_rows", [None, 10, 25])
+def test_every_clone_is_its_branch_run_whatever_the_waves(name, max_rows):
+    """Each branch time's copies are the `clone` run from its start with its own generator
+    (`branch_generators`), however the branch times are grouped into waves: the waves bound
+    memory (their size comes from the byte budget) and must not change a clone. Round-off of
+    the batched score only (float64)."""
     starts = _starts()
-    g = torch.Generator().manual_seed(9)
-    got = dict(clone_branches(SCORE, starts, GRID, name, g, copies=2, max_rows=10))
-    g = torch.Generator().manual_seed(9)
+    got = dict(
+        clone_branches(
+            SCORE, starts, GRID, name, torch.Generator().manual_seed(9), max_rows=max_rows
+        )
+    )
+    streams = branch_generators(torch.Generator().manual_seed(9), starts)
     for k in BRANCHES:
-        assert torch.equal(got[k], clone(SCORE, starts[k], GRID, k, name, g, copies=2)), k
+        want = clone(SCORE, starts[k], GRID, k, name, streams[k], copies=2)
+        torch.testing.assert_close(got[k], want, rtol=1e-12, atol=1e-12, msg=f"branch {k}")
+
+
+def test_row_streams_draw_each_block_from_its_generator():
+    """A batch of the first two blocks draws block by block, and a wrong row count is named."""
+    g = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    noise = RowStreams(g, [2, 3, 4]).normal_like(torch.zeros(5, D), std=2.0)
+    want = [
+        torch.empty(r, D).normal_(0.0, 2.0, generator=torch.Generator().manual_seed(s))
+        for s, r in ((1, 2), (2, 3))
+    ]
+    assert torch.equal(noise, torch.cat(want))
+    with pytest.raises(ValueError, match="no prefix"):
+        RowStreams(g, [2, 3, 4]).normal_like(torch.zeros(4, D))
 
 
 @pytest.mark.parametrize("max_rows", [None, 10, 25])

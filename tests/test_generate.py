@@ -65,3 +65,27 @@ def test_the_trajectory_store_holds_copies_not_views_of_the_batch():
     assert seen
     for kept in seen:
         assert kept.untyped_storage().nbytes() == kept.numel() * 4, kept.shape
+
+
+def test_the_memory_budget_changes_no_clone():
+    """`budget_bytes` sizes the clones' waves (here one branch time a wave against all in one);
+    every stored number is the same to the round-off of a batched score: a memory setting must
+    not change a result."""
+    d = 8
+    score = GMMScore(torch.full((d,), 1.2), 0.9)
+    time_cfg = {"T": 3.0, "t_min": 1e-3, "steps": 30, "spacing": "log_snr", "saved": 4}
+
+    def run(budget):
+        return generate.sample_trajectories(
+            score,
+            d,
+            TimeGrid.from_settings(time_cfg),
+            {"name": "euler_maruyama", "samples": 6},
+            {"times": 4, "pairs": 16, "t_lo": 0.1},
+            seed=3,
+            budget_bytes=budget,
+        )
+
+    small, large = run(1), run(2**28)  # waves of one branch's 16 rows; one wave of 64
+    for name in ("x", "x_hat", "x_clone", "x_hat_clone"):
+        np.testing.assert_allclose(small[name].values, large[name].values, rtol=1e-5, atol=1e-5)

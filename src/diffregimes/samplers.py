@@ -28,7 +28,54 @@ Score = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def _noise(x, generator):
+    if isinstance(generator, RowStreams):
+        return generator.normal_like(x)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+class RowStreams:
+    """The noise of a growing batch whose blocks of rows each draw from a generator of their
+    own: block i, rows[i] rows, from generators[i]; a batch holds a prefix of the blocks (the
+    ones joined so far). A block's draws then do not depend on which blocks share its batch, so
+    how `clone_branches` groups branch times into waves (a memory matter) never changes a
+    clone. Has a generator's get_state/set_state, for the replay of a non-finite state."""
+
+    def __init__(self, generators, rows):
+        self.generators, self.rows = list(generators), [int(r) for r in rows]
+
+    def normal_like(self, x: torch.Tensor, std: float = 1.0) -> torch.Tensor:
+        """N(0, std²) of x's shape, dtype and device, block by block."""
+        blocks, total = [], 0
+        for g, r in zip(self.generators, self.rows, strict=True):
+            if total == x.shape[0]:
+                break
+            blocks.append(
+                torch.empty((r, *x.shape[1:]), dtype=x.dtype, device=x.device).normal_(
+                    0.0, std, generator=g
+                )
+            )
+            total += r
+        if total != x.shape[0]:
+            raise ValueError(f"a batch of {x.shape[0]} rows is no prefix of the blocks {self.rows}")
+        return torch.cat(blocks)
+
+    def get_state(self):
+        return [g.get_state() for g in self.generators]
+
+    def set_state(self, states):
+        for g, s in zip(self.generators, states, strict=True):
+            g.set_state(s)
+
+
+def branch_generators(generator: torch.Generator | None, keys) -> dict:
+    """One generator per branch time, seeded from `generator` (on its device) in the order of
+    `keys`: the streams of `clone_branches`."""
+    keys = sorted(keys)
+    device = "cpu" if generator is None else generator.device
+    seeds = torch.randint(2**62, (len(keys),), generator=generator, device=device).tolist()
+    return {
+        k: torch.Generator(device=device).manual_seed(s) for k, s in zip(keys, seeds, strict=True)
+    }
 
 
 def denoised(score: Score, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -315,8 +362,13 @@ def clone_branches(
     later branch time joining the batch when it gets there (`sample`'s `join`). The same
     integration steps as `clone` per branch time, in far fewer and larger score calls.
 
+    Every branch time draws its noise from its own generator (`branch_generators`, seeded
+    from `generator`; `RowStreams`), so a clone is the `clone` run from its start with its
+    branch's generator, to the round-off of a batched score, whatever shares its batch.
+
     Branch times go in waves of consecutive ones whose rows sum to at most `max_rows` (at
-    least one branch time a wave; None: one wave). Yields (k, ends (copies, pairs, d)) as each
+    least one branch time a wave; None: one wave): the waves bound memory and change no
+    clone. Yields (k, ends (copies, pairs, d)) as each
     wave ends, so a caller holds one wave's ends at a time. A NaN or
     inf raises NonFiniteState whose message ends with the branch time of the first bad row.
     `callback(m)` after each step: m, the branch times that step advanced."""
@@ -326,6 +378,7 @@ def clone_branches(
         )
     times = [float(t) for t in times]
     sizes = {k: copies * starts[k].shape[0] for k in sorted(starts)}  # a branch's rows
+    streams = branch_generators(generator, sizes)
     waves, rows = [], 0
     for k, size in sizes.items():
         if not waves or (max_rows is not None and rows + size > max_rows):
@@ -345,7 +398,7 @@ def clone_branches(
                 first,
                 times[k0:],
                 sampler,
-                generator,
+                RowStreams([streams[k] for k in wave], [sizes[k] for k in wave]),
                 callback=ticks,
                 noisy_last=noisy_last,
                 join=join,

@@ -51,7 +51,11 @@ class GMMScore:
         if last:
             out = x * (1 + h - 2 * h / g)
         else:
-            out = torch.empty_like(x).normal_(0.0, math.sqrt(2 * h), generator=generator)
+            draw = getattr(generator, "normal_like", None)  # samplers.RowStreams
+            if draw is not None:
+                out = draw(x, math.sqrt(2 * h))
+            else:
+                out = torch.empty_like(x).normal_(0.0, math.sqrt(2 * h), generator=generator)
             out.add_(x, alpha=1 + h - 2 * h / g)
         return out.addr_(pull, self.m.to(x.dtype))
 
