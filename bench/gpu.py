@@ -15,7 +15,9 @@ Measured, each against the matmul rate of the same run (fp32, and bf16 for bf16 
   (about 3× the forward's);
 - the empirical score (4 n d FLOP per point: x·cᵀ and the weighted mean) and `nearest`
   (2 n d) at n = 65 536, d = 3072, and their float32 accuracy at small t against float64;
-- one sampling run (Euler–Maruyama with the empirical score).
+- one sampling run (Euler–Maruyama with the empirical score);
+- the clones of several branch times as one growing batch against one branch time after
+  another, with the same per-branch generators: the speed-up and the largest difference.
 Checks: IEEE float32 products after `device.job_device` (no TF32); a training log entry is its
 window's mean; on CUDA, checkpoints resume across device types, and the loop synchronises
 about once per log window, not per step; the GPU's lock-file name.
@@ -87,20 +89,23 @@ SIZES = {
     "full": dict(
         mlp_d=32, mlp_steps=400, mlp_log=50, unet_side=32, unet={}, unet_steps=60, unet_log=10,
         matmul=8192, n=65536, d=3072, score_batch=1024, accuracy_batch=64,
-        sample_batch=512, sample_steps=100, check_steps=100,
+        sample_batch=512, sample_steps=100, clone_pairs=256, clone_times=8, clone_steps=100,
+        check_steps=100,
     ),
     "small": dict(
         mlp_d=32, mlp_steps=200, mlp_log=25, unet_side=16,
         unet=dict(widths=[32, 64, 128, 128], batch_size=4), unet_steps=8, unet_log=2,
         matmul=1024, n=8192, d=768, score_batch=128, accuracy_batch=32,
-        sample_batch=128, sample_steps=20, check_steps=60,
+        sample_batch=128, sample_steps=20, clone_pairs=64, clone_times=6, clone_steps=20,
+        check_steps=60,
         skip=["unet.bf16", "unet.compiled"],  # compiling the U-Net takes minutes on a CPU
     ),
     "tiny": dict(
         mlp_d=8, mlp={"batch_size": 32}, mlp_steps=20, mlp_log=5, unet_side=8,
         unet=dict(widths=[32, 32], res_blocks=1, attention=[4], batch_size=2),
         unet_steps=8, unet_log=2, matmul=256, n=1024, d=64, score_batch=16,
-        accuracy_batch=8, sample_batch=16, sample_steps=10, check_steps=20,
+        accuracy_batch=8, sample_batch=16, sample_steps=10, clone_pairs=8, clone_times=4,
+        clone_steps=10, check_steps=20,
     ),
 }  # fmt: skip
 MODES = {  # name: (compile, bf16 autocast)
@@ -332,6 +337,54 @@ class Bench:
         )
         print(f"  sampling        {(len(grid) - 1) / seconds:8.1f} steps/s  {self.vs(flops):.3f}")
 
+    def clones(self):
+        """The clones of every branch time as one growing batch (`samplers.clone_branches`)
+        against one branch time after another (`samplers.clone`) with the same per-branch
+        generators (`samplers.branch_generators`, on the device): branch steps/s of each, and
+        the largest difference of their ends (round-off of the batched score only)."""
+        c = self.cfg
+        a, g = self._training_set()
+        d, pairs, steps = c["d"], c["clone_pairs"], c["clone_steps"]
+        grid = process.time_grid(TIME["T"], TIME["t_min"], steps)
+        score = scores.EmpiricalScore(a)
+        branches = np.unique(np.linspace(0, steps - 1, c["clone_times"]).astype(int)).tolist()
+        starts = {k: samplers.prior_sample(pairs, d, g, device=self.dev) for k in branches}
+        work = sum(steps - k for k in branches)  # branch steps, each of 2·pairs rows
+
+        def seeded():
+            return torch.Generator(device=self.dev).manual_seed(11)
+
+        self.sync()
+        t0 = time.perf_counter()
+        batch = dict(samplers.clone_branches(score, starts, grid, "euler_maruyama", seeded()))
+        self.sync()
+        batch_s = time.perf_counter() - t0
+        streams = samplers.branch_generators(seeded(), starts)
+        t0 = time.perf_counter()
+        one = {
+            k: samplers.clone(score, starts[k], grid, k, "euler_maruyama", streams[k])
+            for k in branches
+        }
+        self.sync()
+        serial_s = time.perf_counter() - t0
+        diff = max(float((batch[k] - one[k]).abs().max()) for k in branches)
+        self.result["clones"] = dict(
+            n=c["n"],
+            d=d,
+            pairs=pairs,
+            branch_times=len(branches),
+            branch_steps=work,
+            batch_branch_steps_per_s=work / batch_s,
+            serial_branch_steps_per_s=work / serial_s,
+            batch_vs_serial=serial_s / batch_s,
+            max_abs_diff=diff,
+            finite=all(bool(torch.isfinite(x).all()) for x in batch.values()),
+        )
+        print(
+            f"  clones          {work / batch_s:8.1f} branch steps/s as one batch, "
+            f"{serial_s / batch_s:.2f}× one branch after another, max |Δ| {diff:.2e}"
+        )
+
     # --- what must be right on a GPU (issue 14, item 6) -----------------------------------
 
     def _short_run(self, folder, dev, steps, every=10, checkpoints=2):
@@ -418,6 +471,7 @@ def main():
         ("empirical_score", bench.empirical_score),
         ("nearest", bench.nearest),
         ("sampling", bench.sampling),
+        ("clones", bench.clones),
         ("checks", bench.checks),
         *((f"mlp.{m}", lambda m=m: bench.training("mlp", m, r["train"]["mlp"])) for m in MODES),
         *(

@@ -145,6 +145,9 @@ def test_gpu_bench_runs_on_the_cpu_at_a_tiny_size():
         assert 2.5 < result["train"][model]["fwd_bwd_over_fwd"] < 3.5
     assert result["train"]["mlp"]["eager"]["steps_per_s"] > 0
     assert result["sampling"]["finite"] and result["sampling"]["steps_per_s"] > 0
+    clones = result["clones"]  # the growing batch is the one-branch runs, to round-off
+    assert clones["finite"] and clones["batch_vs_serial"] > 0
+    assert clones["max_abs_diff"] < 1e-4
     assert 0 < result["empirical_score"]["rel_err_small_t"] < 1e-4
     assert result["checks"]["ieee_fp32"] is True
     assert result["checks"]["log_window_mean_max_rel_diff"] < 1e-6
