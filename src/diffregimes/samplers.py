@@ -27,10 +27,14 @@ from .process import delta
 Score = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def _noise(x, generator):
+def normal_noise(x: torch.Tensor, generator, std: float = 1.0) -> torch.Tensor:
+    """N(0, std²) noise of x's shape, dtype and device from `generator`: a torch generator
+    (the same draw as torch.randn · std) or `RowStreams` (block by block). Every stochastic
+    step draws through here, the fused ones of a score too (scores.GMMScore)."""
     if isinstance(generator, RowStreams):
-        return generator.normal_like(x)
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return generator.normal_like(x, std)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return out.normal_(0.0, std, generator=generator)
 
 
 class RowStreams:
@@ -49,11 +53,7 @@ class RowStreams:
         for g, r in zip(self.generators, self.rows, strict=True):
             if total == x.shape[0]:
                 break
-            blocks.append(
-                torch.empty((r, *x.shape[1:]), dtype=x.dtype, device=x.device).normal_(
-                    0.0, std, generator=g
-                )
-            )
+            blocks.append(normal_noise(x[total : total + r], g, std))
             total += r
         if total != x.shape[0]:
             raise ValueError(f"a batch of {x.shape[0]} rows is no prefix of the blocks {self.rows}")
@@ -98,7 +98,7 @@ def euler_maruyama(score, x, t, t_next, generator, state, last):
     # temporary is a pass over the batch.
     x_next = torch.add(x, score(x, t), alpha=2 * h).add_(x, alpha=h)
     if not last:
-        x_next.add_(_noise(x, generator), alpha=math.sqrt(2 * h))
+        x_next.add_(normal_noise(x, generator), alpha=math.sqrt(2 * h))
     return x_next, state
 
 
@@ -121,7 +121,7 @@ def ddpm_ancestral(score, x, t, t_next, generator, state, last):
     mean, beta, _, _ = _ddpm_mean(score, x, t, t_next)
     if last:
         return mean, state
-    return mean + math.sqrt(beta) * _noise(x, generator), state
+    return mean + math.sqrt(beta) * normal_noise(x, generator), state
 
 
 def ddpm_posterior(score, x, t, t_next, generator, state, last):
@@ -135,7 +135,7 @@ def ddpm_posterior(score, x, t, t_next, generator, state, last):
     mean, beta, d_t, d_next = _ddpm_mean(score, x, t, t_next)
     if last:
         return mean, state
-    return mean + math.sqrt(beta * d_next / d_t) * _noise(x, generator), state
+    return mean + math.sqrt(beta * d_next / d_t) * normal_noise(x, generator), state
 
 
 def ddim(score, x, t, t_next, generator, state, last):

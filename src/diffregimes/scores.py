@@ -14,6 +14,7 @@ import torch
 
 from .neighbours import DEFAULT_BUDGET_BYTES, SoftmaxKernel
 from .process import blurred_variance, delta
+from .samplers import normal_noise
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -51,11 +52,7 @@ class GMMScore:
         if last:
             out = x * (1 + h - 2 * h / g)
         else:
-            draw = getattr(generator, "normal_like", None)  # samplers.RowStreams
-            if draw is not None:
-                out = draw(x, math.sqrt(2 * h))
-            else:
-                out = torch.empty_like(x).normal_(0.0, math.sqrt(2 * h), generator=generator)
+            out = normal_noise(x, generator, math.sqrt(2 * h))
             out.add_(x, alpha=1 + h - 2 * h / g)
         return out.addr_(pull, self.m.to(x.dtype))
 
