@@ -66,6 +66,20 @@ def test_paper_config_dry_run(tmp_path):
     assert jobs["judge"] == 5
 
 
+def test_a_dataset_s_own_seeds_replace_the_grid_s(tmp_path):
+    """`datasets.<name>.seeds` gives that dataset's cells their own realisations (data,
+    initialisation, noise) and leaves every other dataset on the top-level `seeds`."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["datasets"]["gmm"]["seeds"] = [0, 1, 2]
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    plain, seeded = planned_jobs(tmp_path), planned_jobs(tmp_path, path)
+    # tiny: gmm 2 d × 2 n (3 scores, mlp trained), gauss 1 cell (4 scores)
+    assert plain["data"] == 4 + 1 and seeded["data"] == 4 * 3 + 1
+    assert plain["train"] == 4 and seeded["train"] == 4 * 3
+    assert seeded["sample"] == 4 * 3 * 3 + 4
+
+
 @pytest.mark.slow
 def test_tiny_run_stores(tiny_run):
     results = tiny_run / "results"

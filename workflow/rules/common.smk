@@ -41,7 +41,9 @@ def data_cells():
     """Every (dataset, d, n, seed) of the grid (image datasets: d = channels × side²)."""
     for name, ds in config["datasets"].items():
         dims = config_checks.dimensions(ds)
-        for d, n, seed in itertools.product(dims, ds["n"], config["seeds"]):
+        # a dataset's own seeds, else the grid's
+        seeds = ds.get("seeds", config["seeds"])
+        for d, n, seed in itertools.product(dims, ds["n"], seeds):
             yield dict(dataset=name, d=d, n=n, seed=seed)
 
 
@@ -91,6 +93,7 @@ def get_dataset(w):
 GRID_KEYS = (
     "d",
     "n",
+    "seeds",
     "sizes",
     "scores",
     "skip_if_missing",
