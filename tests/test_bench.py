@@ -80,7 +80,7 @@ def test_kernel_bench_times_a_metrics_job_and_shows_its_references():
 def test_train_loop_bench_compares_the_pipeline_with_bare_loops():
     result = run_json("train_loop.py", "--steps", "30", "--repeats", "1", "--width", "32")
     keys = ("train_vs_bare_loop", "train_eager_vs_bare_loop", "pipeline_steps_per_s")
-    for key in (*keys, "pipeline_vs_matmul", "compile_s_first"):
+    for key in (*keys, "pipeline_vs_matmul", "matmul_bound_vs_bare_loop", "compile_s_first"):
         assert is_number(result[key]) and result[key] > 0, key
     assert 0 <= result["loss_max_rel_diff"] < 1e-4  # compiled and eager: the same loss curve
 

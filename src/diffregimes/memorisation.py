@@ -1,7 +1,7 @@
 """Memorisation along training (Bonnaire, Urfin, Biroli & Mézard 2025; SCIENCE.md §5).
 
 The follow-up's time scales measured on a model's checkpoints: τ_mem (f_mem reaches a level;
-or the held-out-minus-training DSM loss gap opens), τ_gen (sample quality reaches its plateau),
+or the held-out-minus-training DSM loss gap opens), τ_gen (sample quality descends to its plateau),
 and their scaling with n and the width W (τ_mem ∝ n W⁻¹, τ_gen ∝ W⁻¹, independent of n).
 Pure numerics: arrays and score callables in, numbers out.
 """
@@ -54,10 +54,16 @@ def tau_mem(steps, f_mem, level: float, ci_low=None, ci_high=None):
     return tau, lo, hi, censored
 
 
-def tau_gen(steps, quality, tolerance: float = 0.1):
+def tau_gen(steps, quality, tolerance: float = 0.5):
     """τ_gen: the first step at which a quality measure q (lower is better) has made all but a
     fraction `tolerance` of its drop to its best value, q(s) ≤ q_min + tolerance·(q(s₀) − q_min),
     interpolated in log(step); with the bracket of evaluated checkpoints around it.
+
+    The default, ½, is the middle of the descent to the generalisation plateau. A small
+    tolerance marks the end of the descent instead, and its target follows q_min, which is not
+    a property of the descent: the best population-score error is the finite-sample error
+    (∝ 1/n), reached late at large n and cut short by memorisation at small n, so the end of
+    the descent moves later with n although the descent itself does not (docs/science.md).
 
     Returns (tau, bracket_low, bracket_high); NaN × 3 where q never drops (q(s₀) = q_min)."""
     steps = np.asarray(steps, dtype=np.float64)
@@ -148,6 +154,7 @@ INTERVALS = {
     "tau_mem": ("tau_mem_ci_low", "tau_mem_ci_high", "ci"),
     "tau_mem_dsm": ("tau_mem_dsm_ci_low", "tau_mem_dsm_ci_high", "ci"),
     "tau_gen": ("tau_gen_bracket_low", "tau_gen_bracket_high", "bracket"),
+    "tau_gen_end": ("tau_gen_end_bracket_low", "tau_gen_end_bracket_high", "bracket"),
     "tau_gen_energy": ("tau_gen_energy_bracket_low", "tau_gen_energy_bracket_high", "bracket"),
 }
 

@@ -46,6 +46,9 @@ SCALARS = [
     "tau_gen",
     "tau_gen_bracket_low",
     "tau_gen_bracket_high",
+    "tau_gen_end",
+    "tau_gen_end_bracket_low",
+    "tau_gen_end_bracket_high",
     "model_width",
 ]
 

@@ -40,6 +40,7 @@ COLUMNS = [
     ("tau_mem", "τ_mem [95% CI]", ("tau_mem_ci_low", "tau_mem_ci_high")),
     ("tau_mem_dsm", "τ_mem DSM gap [95% CI]", ("tau_mem_dsm_ci_low", "tau_mem_dsm_ci_high")),
     ("tau_gen", "τ_gen [bracket]", ("tau_gen_bracket_low", "tau_gen_bracket_high")),
+    ("tau_gen_end", "τ_gen end [bracket]", ("tau_gen_end_bracket_low", "tau_gen_end_bracket_high")),
 ]
 
 _SCRIPT = """

@@ -259,6 +259,12 @@ def tau_gen_exponent_n(runs, entry):
     return _exponent(runs, "n", "tau_gen")
 
 
+def tau_gen_end_exponent_n(runs, entry):
+    """b of τ ∝ n^b for the end of the quality measure's descent (all but 10 % of the drop to
+    its best value, which falls ∝ 1/n): beside τ_gen, the middle of the descent."""
+    return _exponent(runs, "n", "tau_gen_end")
+
+
 def tau_mem_exponent_width(runs, entry):
     """b of τ_mem ∝ W^b at fixed n (the follow-up: −1)."""
     return _exponent(runs, "model_width", "tau_mem")
@@ -275,6 +281,7 @@ GRID_MEASURES = {
         tau_mem_exponent_n,
         tau_mem_dsm_exponent_n,
         tau_gen_exponent_n,
+        tau_gen_end_exponent_n,
         tau_mem_exponent_width,
         tau_gen_exponent_width,
     )

@@ -10,7 +10,7 @@ to the empirical score (memorising) and to the population score (generalising) s
 the two the network is learning. Two more measurements per checkpoint: the held-out-minus-
 training DSM loss gap per noise level (a second τ_mem that needs no sampling) and the quality
 of the samples (the population-score error where the law is known, the energy distance between
-x̂₀ and held-out points always), whose plateau gives τ_gen (memorisation.py).
+x̂₀ and held-out points always), whose descent gives τ_gen (memorisation.py).
 """
 
 from __future__ import annotations
@@ -160,10 +160,13 @@ def measure_training_axis(
     tau_d, tau_d_lo, tau_d_hi, censored_d = tau_mem(
         steps, rel, gap_level, rel - rel_half, rel + rel_half
     )
+    # τ_gen: the middle of the descent of the quality measure (population-score error where
+    # the law is known, else the energy distance); τ_gen_end: the end of that descent
+    quality = err_pop_mean[:, 0] if population is not None else energy[:, 0]
+    gen = memorisation.tau_gen(steps, quality)
+    gen_energy = memorisation.tau_gen(steps, energy[:, 0])
     tolerance = axis_cfg.get("plateau_tolerance", 0.1)
-    gen_energy = memorisation.tau_gen(steps, energy[:, 0], tolerance)
-    gen_pop = memorisation.tau_gen(steps, err_pop_mean[:, 0], tolerance)
-    gen = gen_pop if population is not None else gen_energy
+    gen_end = memorisation.tau_gen(steps, quality, tolerance)
     width = model_cfg.get("width", model_cfg.get("widths", [np.nan])[0])
     ds = xr.Dataset(
         {
@@ -192,6 +195,9 @@ def measure_training_axis(
             "tau_gen": gen[0],
             "tau_gen_bracket_low": gen[1],
             "tau_gen_bracket_high": gen[2],
+            "tau_gen_end": gen_end[0],
+            "tau_gen_end_bracket_low": gen_end[1],
+            "tau_gen_end_bracket_high": gen_end[2],
             "tau_gen_energy": gen_energy[0],
             "tau_gen_energy_bracket_low": gen_energy[1],
             "tau_gen_energy_bracket_high": gen_energy[2],
@@ -272,9 +278,14 @@ def describe(ds: xr.Dataset, axis_cfg: dict, known_law: bool, gap_level, toleran
             "the interval its CI gives; a second τ_mem that needs no sampling"
         ),
         "tau_gen": (
-            f"first step where the quality measure ({quality}) "
-            f"has made all but {tolerance} of its drop to its best value; bracket: the "
-            "evaluated checkpoints around it"
+            f"first step where the quality measure ({quality}) has made half its drop from its "
+            "first value to its best (the middle of the descent to the generalisation "
+            "plateau); bracket: the evaluated checkpoints around it"
+        ),
+        "tau_gen_end": (
+            f"first step where the quality measure ({quality}) has made all but {tolerance} of "
+            "its drop to its best value (the end of the descent; its target follows the best "
+            "value, which falls ∝ 1/n); bracket: the checkpoints around it"
         ),
         "tau_gen_energy": "τ_gen from energy_distance (the same rule)",
         "model_width": "hidden width of the MLP (first width of a U-Net)",
