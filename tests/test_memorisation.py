@@ -218,6 +218,10 @@ def test_scaling_rows_of_the_comparison(tmp_path):
     few = summary.assign(tau_mem=summary.tau_mem.where(summary.n > 256))
     row = reproduction.compare(few, {}, [entry]).iloc[0]
     assert row["agrees"] == "absent" and "2 of 5 learned runs" in row["note"]
+    # a list in `select` keeps the runs with any of its values: a fit over part of the grid
+    part = dict(entry, select={"dataset": "memorisation", "n": [64, 128, 256]})
+    row = reproduction.compare(summary, {}, [part]).iloc[0]
+    assert row["runs"].startswith("3 run(s)") and abs(row["measured"] - 1) < 3 * row["se"]
 
 
 # --- real training runs ----------------------------------------------------------------------

@@ -264,7 +264,8 @@ def test_f_crossing_ignores_the_summary_padding_of_other_runs_times():
 
 def test_reproduce_config_dry_run_plans_the_papers_cells(tmp_path):
     """config/reproduce.yaml plans Fig. 2 (3 d), Fig. 3 (3 d), the curse grid (4 d × 5 n), the
-    follow-up's study (5 n, 4 widths, 2 full-batch cells: 11 trained models), digits and
+    follow-up's study (5 n × 3 seeds, 4 widths, 2 full-batch cells: 21 trained models; the
+    memorisation dataset's own seeds replace the grid's one), digits and
     Fashion-MNIST where installed, and leaves each absent bring-your-own set out
     with one warning, without reading a data file."""
     from pathlib import Path
@@ -274,8 +275,9 @@ def test_reproduce_config_dry_run_plans_the_papers_cells(tmp_path):
     out = snakemake(tmp_path, "-n", config=ROOT / "config" / "reproduce.yaml")
     fashion = Path(image_files.FASHION_MNIST_PATH).is_dir()
     jobs = planned_jobs(tmp_path, ROOT / "config" / "reproduce.yaml")
-    assert jobs["sample"] == 3 + 3 + 20 + 11 + 1 + fashion
-    assert jobs["train"] == 11 and jobs["training_axis"] == 11
+    assert jobs["sample"] == 3 + 3 + 20 + 21 + 1 + fashion
+    assert jobs["train"] == 21 and jobs["training_axis"] == 21
+    assert jobs["data"] == 3 + 3 + 20 + 15 + 1 + 2 + 1 + fashion  # one data cell per width
     assert jobs["reproduction"] == 1 and jobs["report_reproduction"] == 1
     text = out.stdout + out.stderr
     for name in ("mnist18", "cifar_car_horse", "imagenet16", "imagenet32", "lsun64"):

@@ -73,9 +73,12 @@ def load_reference(path: str | Path) -> list[dict]:
 
 def select_runs(summary: xr.Dataset, laws: dict[str, dict], select: dict) -> xr.Dataset:
     """The runs of `summary` whose dataset law (`laws`: dataset name → its config entry) and
-    run keys match every key of `select` (numbers compared to 1e-9)."""
+    run keys match every key of `select` (numbers compared to 1e-9; a list matches any of its
+    values)."""
 
     def same(a, b):
+        if isinstance(b, list):
+            return any(same(a, v) for v in b)
         if isinstance(b, int | float) and not isinstance(b, bool):
             try:
                 return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
