@@ -117,6 +117,17 @@ def test_legend_only_when_something_is_labelled():
     plt.close(fig)
 
 
+def test_legend_names_each_label_once():
+    """The runs of several seeds of a cell draw one line each under the same label."""
+    fig, ax = plt.subplots()
+    for seed in range(3):
+        ax.plot([1, 2], [seed, seed + 1], color="C0", label="n = 64")
+    ax.plot([1, 2], [0, 2], color="C1", label="n = 128")
+    plots.legend(ax)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["n = 64", "n = 128"]
+    plt.close(fig)
+
+
 def test_memorisation_figures_draw_when_every_time_scale_is_censored():
     """Two widths, two n, no τ reached (short training): the log axes would have no positive
     data and matplotlib would raise at drawing; the figures say "no runs" instead (the rerun

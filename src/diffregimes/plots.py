@@ -88,9 +88,12 @@ def panels_by_d(sub: xr.Dataset):
 
 def legend(ax, **kw):
     """A legend when the axes have labelled artists (a NaN time draws no line, and matplotlib
-    warns on an empty legend)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**kw)
+    warns on an empty legend), each label once (the runs of several seeds share theirs)."""
+    first = {}
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+        first.setdefault(label, handle)
+    if first:
+        ax.legend(list(first.values()), list(first), **kw)
 
 
 def finish(fig, legend_ax=None, title: str | None = None, **legend_kw):
