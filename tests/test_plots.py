@@ -128,6 +128,37 @@ def test_legend_names_each_label_once():
     plt.close(fig)
 
 
+def test_score_errors_by_step_reads_each_run_on_its_own_time_grid():
+    """Two learned runs of datasets with different time grids: the summary's time axis is the
+    union, NaN where a run has no saved time; each panel reads its run's own mid-grid time
+    (the reproduction grid's summary report once failed here, a panel with no data on log
+    axes)."""
+    nan, steps, times = np.nan, [10, 100, 1000], [0.01, 0.1, 0.5, 1.0, 2.0, 4.0]
+    err = np.full((2, 3, 6), nan)
+    err[0][:, :3] = [[0.3, 0.1, 0.05]] * 3  # run 0 saved t ≤ 0.5, run 1 t ≥ 1
+    err[1][:, 3:] = [[0.2, 0.1, 0.02]] * 3
+    summary = xr.Dataset(
+        {
+            "f_mem_by_step": (("run", "step"), np.zeros((2, 3))),
+            "score_error_empirical": (("run", "step", "time"), err),
+            "score_error_population": (("run", "step", "time"), 0.5 * err),
+        },
+        coords={
+            "dataset": ("run", ["a", "b"]),
+            "d": ("run", [16, 16]),
+            "n": ("run", [32, 64]),
+            "seed": ("run", [0, 1]),
+            "step": steps,
+            "time": times,
+        },
+    )
+    fig = plots_memorisation.score_errors_by_step(summary)
+    fig.canvas.draw()  # log axes with no positive data would raise here
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles[0].endswith("t = 0.1") and titles[1].endswith("t = 2"), titles
+    plt.close(fig)
+
+
 def test_memorisation_figures_draw_when_every_time_scale_is_censored():
     """Two widths, two n, no τ reached (short training): the log axes would have no positive
     data and matplotlib would raise at drawing; the figures say "no runs" instead (the rerun

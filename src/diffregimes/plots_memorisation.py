@@ -231,14 +231,13 @@ def phase_diagram_nw(summary: xr.Dataset, level: float = 0.1):
     return finish(fig, ax, fontsize=7)
 
 
-def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
+def score_errors_by_step(summary: xr.Dataset):
     """Learned score's distance to the empirical (memorising) and population (generalising)
-    scores against training step, at a mid-grid time, one panel per learned run."""
+    scores against training step, one panel per learned run, at the middle of the run's own
+    saved times (the summary's time axis is the union of every dataset's grid)."""
     sub = learned_runs(summary)
     if sub is None:
         return None
-    k = sub.sizes["time"] // 2 if time_index is None else time_index
-    t = float(sub.time[k])
     runs = sub.sizes["run"]
     cols = min(runs, 3)
     rows = int(np.ceil(runs / cols))
@@ -246,24 +245,20 @@ def score_errors_by_step(summary: xr.Dataset, time_index: int | None = None):
     for ax, r in zip(axes.flat, range(runs), strict=False):
         run = sub.isel(run=r)
         ok = run.f_mem_by_step.notnull()
+        own = np.flatnonzero(run.score_error_empirical.notnull().any("step").values)
+        k = int(own[own.size // 2])
+        plotted = False
         for name, style in (("score_error_empirical", "o-"), ("score_error_population", "s--")):
-            ax.plot(
-                run.step[ok],
-                run[name].isel(time=k)[ok],
-                style,
-                ms=3,
-                label=name.removeprefix("score_error_"),
-            )
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="training step",
-            title=f"d={int(run.d)} n={int(run.n)}",
-        )
+            y = run[name].isel(time=k)[ok]
+            plotted |= bool((y > 0).any())
+            ax.plot(run.step[ok], y, style, ms=3, label=name.removeprefix("score_error_"))
+        title = f"{run.dataset.item()} d={int(run.d)} n={int(run.n)} s={int(run.seed)}"
+        title += f", t = {float(run.time[k]):.3g}"
+        log_axes(ax, plotted, xlabel="training step", title=title)
     for ax in axes.flat[runs:]:
         ax.set_visible(False)
     axes[0][0].set_ylabel("Δ_t ‖s_θ − s‖²/d")
-    return finish(fig, axes[0][0], f"Which score the network learns, at t = {t:.3g}", fontsize=7)
+    return finish(fig, axes[0][0], "Which score the network learns", fontsize=7)
 
 
 # --- per-run figures (the run report) -----------------------------------------------------
