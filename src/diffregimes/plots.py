@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import xarray as xr
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 SCALARS = [
     "Lambda",
@@ -112,6 +113,10 @@ def log_axes(ax, plotted: bool = True, **labels) -> None:
     log-scale an axis without positive data: every τ censored, or no width)."""
     if plotted:
         ax.set(xscale="log", yscale="log", **labels)
+        for axis in (ax.xaxis, ax.yaxis):  # 1, 2, 5 per decade as plain numbers: grids of n
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # span one or two decades
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
     else:
         no_runs(ax)
         ax.set(**labels)
