@@ -263,8 +263,9 @@ def tau_gen_exponent_n(runs, entry):
 
 
 def tau_gen_end_exponent_n(runs, entry):
-    """b of τ ∝ n^b for the end of the quality measure's descent (all but 10 % of the drop to
-    its best value, which falls ∝ 1/n): beside τ_gen, the middle of the descent."""
+    """b of τ ∝ n^b for the end of the quality measure's descent (all but
+    `training_axis.plateau_tolerance` of the drop to its best value, which falls ∝ 1/n):
+    beside τ_gen, the middle of the descent."""
     return _exponent(runs, "n", "tau_gen_end")
 
 
